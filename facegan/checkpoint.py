@@ -1,0 +1,89 @@
+"""The one checkpoint format, for generator checkpoints and for resume states.
+
+A checkpoint is a ``torch.save`` of plain data (dicts, lists, numbers, strings, tensors)::
+
+    {"format": "facegan-checkpoint", "version": 1, "kind": "generator" | "resume",
+     "epoch": int, "network": NetworkConfig as dict, "config": resolved Config as dict,
+     "dataset": {"digest": ..., "source": ..., ...}, "generator": state_dict,
+     # resume only: "discriminator", "optimizer_g", "optimizer_d", "rng", "schedule"}
+
+It is written atomically (temp file, fsync, rename: a crash never leaves half a file under the
+real name) and read with ``torch.load(weights_only=True)``, which refuses to run code hidden in
+a pickle. The network config travels with the weights, so a generator rebuilds from the file
+alone.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from facegan.errors import FaceganError
+from facegan.models import Generator, NetworkConfig, build_generator
+
+FORMAT = "facegan-checkpoint"
+VERSION = 1
+GENERATOR_FILE = "generator.pt"  # file name inside an MLflow LoggedModel's artifacts
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> Path:
+    """Write ``payload`` (plus format and version) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, kind: str | None = None) -> dict:
+    """Read a checkpoint safely; a missing, damaged or foreign file is a :class:`FaceganError`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / GENERATOR_FILE
+    if not path.is_file():
+        raise FaceganError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FaceganError(f"{path} is not a readable facegan checkpoint (damaged or another format): {first_line}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FaceganError(f"{path} is not a facegan checkpoint (no facegan format marker)")
+    if payload.get("version") != VERSION:
+        raise FaceganError(f"{path} has checkpoint version {payload.get('version')}; this facegan reads {VERSION}")
+    if kind is not None and payload.get("kind") != kind:
+        raise FaceganError(f"{path} is a {payload.get('kind')} checkpoint, expected a {kind} checkpoint")
+    return payload
+
+
+def generator_from_checkpoint(payload: dict, *, source: str = "checkpoint") -> Generator:
+    """Rebuild the generator a checkpoint describes and load its weights (eval mode, CPU)."""
+    try:
+        network = NetworkConfig(**payload["network"]).validate()
+        state = payload["generator"]
+    except (KeyError, TypeError) as exc:
+        raise FaceganError(f"{source} lacks the generator's network description ({exc})") from None
+    generator = build_generator(network)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as exc:
+        raise FaceganError(f"{source} does not match its declared architecture {network}: {str(exc).splitlines()[0]}") from None
+    return generator.eval()
+
+
+def load_generator(path: str | Path) -> tuple[Generator, dict]:
+    """Load a generator (eval mode, CPU) from a checkpoint file or a LoggedModel artifact folder."""
+    payload = load_checkpoint(path)
+    return generator_from_checkpoint(payload, source=str(path)), payload

@@ -1,0 +1,177 @@
+"""The ``facegan`` command: parse options, build the config, call the library.
+
+Errors a user can cause arrive as :class:`~facegan.errors.FaceganError` and leave as one line on
+stderr with exit status 1; Ctrl-C during training saves a resume state and exits with 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from facegan.errors import FaceganError
+
+
+def friendly_errors(func):
+    """Turn FaceganError into click's one-line ``Error: ...`` and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FaceganError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="facegan")
+def main():
+    """Train face GANs, score every checkpoint, and keep the best one before mode collapse.
+
+    \b
+    Typical session:
+      facegan train --config experiments/quick.toml      # train, tracked in MLflow
+      facegan evaluate --run latest                      # score checkpoints, pick the best
+      mlflow ui --backend-store-uri sqlite:///mlflow.db  # browse (under "Model training")
+      facegan serve --model models:/facegan-generator@best
+    """
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Dataset file to write (e.g. data/lfw80.pt).")
+@click.option("--size", default=80, show_default=True, help="Output image size in pixels (square).")
+@click.option("--per-identity", default=2, show_default=True, help="At most this many images per person folder.")
+@click.option("--limit", default=2000, show_default=True, help="Keep the first N images after shuffling.")
+@click.option("--crop", default=0.5, show_default=True, help="Centre crop keeping this fraction of width and height.")
+@click.option("--seed", default=0, show_default=True, help="Shuffle seed (and render seed for `synthetic`).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def prepare(source, out, size, per_identity, limit, crop, seed, quiet):
+    """Turn an image folder (or `synthetic`) into one dataset file for training.
+
+    SOURCE is a folder of images at any depth (LFW layout: one folder per person; jpg, jpeg,
+    png, bmp, webp) or the word `synthetic` for the built-in procedural faces. Unreadable files
+    are skipped and listed in the file's manifest.
+    """
+    from facegan import data
+
+    if source == "synthetic":
+        dataset = data.synthetic_faces(limit, size, seed)
+    else:
+        dataset = data.prepare_folder(source, image_size=size, per_identity=per_identity, limit=limit,
+                                      crop=crop, seed=seed, progress=not quiet)
+    data.save_dataset(dataset, out)
+    skipped = len(dataset.manifest.get("skipped_files", []))
+    click.echo(f"wrote {out}: {dataset.images.shape[0]} images of {size}x{size}"
+               + (f", {skipped} unreadable files skipped" if skipped else "")
+               + f"; digest {dataset.digest[:12]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+_TRAIN_OPTIONS = {
+    # CLI option name -> config key
+    "data": "data.source",
+    "loss": "train.loss",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "image_size": "model.image_size",
+    "num_images": "data.num_images",
+    "checkpoint_every": "tracking.checkpoint_every",
+    "sample_every": "tracking.sample_every",
+    "seed": "train.seed",
+    "device": "train.device",
+    "experiment": "tracking.experiment",
+    "tracking_uri": "tracking.tracking_uri",
+    "run_name": "tracking.run_name",
+}
+# What may change when a run is resumed; the rest must stay as the run was started.
+_RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri"}
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see experiments/*.toml).")
+@click.option("--data", help="`synthetic` (default), a file from `facegan prepare`, or an image folder.")
+@click.option("--loss", type=click.Choice(["dcgan", "wgan", "wgan-gp"]), help="Objective [default: wgan-gp].")
+@click.option("--epochs", type=int, help="Epochs to train [default: 10000, as the seed].")
+@click.option("--batch-size", type=int, help="Minibatch size [default: 64].")
+@click.option("--image-size", type=int, help="Image size: 32, 40, 64, 80, 128 or 160 [default: 80].")
+@click.option("--num-images", type=int, help="Training images used [default: 2000].")
+@click.option("--checkpoint-every", type=int, help="Epochs between generator checkpoints [default: 100].")
+@click.option("--sample-every", type=int, help="Epochs between sample grids [default: 1].")
+@click.option("--seed", type=int, help="Random seed [default: 0].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto: CUDA when present].")
+@click.option("--experiment", help="MLflow experiment name [default: facegan].")
+@click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@click.option("--run-name", help="MLflow run name.")
+@click.option("--resume", "resume_run_id", metavar="RUN_ID", help="Continue this run from its last resume state.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config value, e.g. --set train.lr_g=2e-4 (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def train(config_file, overrides, resume_run_id, quiet, **options):
+    """Train a GAN with full MLflow tracking.
+
+    Logs the resolved config, the dataset (with a digest), per-epoch losses, accuracies, step
+    counts and images/s, a sample grid every --sample-every epochs (and at step 0), a generator
+    checkpoint every --checkpoint-every epochs and at the end, and a resume state every 10
+    epochs. Ctrl-C saves a resume state; continue with --resume RUN_ID. The last line printed
+    is `run_id: <id>`.
+    """
+    from facegan import tracking
+    from facegan.config import Config, load_config, parse_override, resolve
+    from facegan.data import load_data
+    from facegan.training import fetch_resume_payload, train as run_training
+
+    settings = dict(parse_override(text) for text in overrides)
+    settings.update({_TRAIN_OPTIONS[name]: value for name, value in options.items() if value is not None})
+
+    if resume_run_id:
+        if config_file:
+            raise FaceganError("--config cannot be combined with --resume: a resumed run keeps its config")
+        fixed = sorted(set(settings) - _RESUMABLE)
+        if fixed:
+            raise FaceganError(f"cannot change {', '.join(fixed)} when resuming; only --epochs and --device may change")
+        tracker = tracking.MlflowRunTracker.reopen(settings.get("tracking.tracking_uri"), resume_run_id)
+        payload = fetch_resume_payload(tracker)
+        cfg = Config.from_dict(payload["config"])
+        for key, value in settings.items():
+            setattr(getattr(cfg, key.split(".")[0]), key.split(".")[1], value)
+        cfg = resolve(cfg)
+        click.echo(f"resuming run {resume_run_id} from epoch {payload['epoch']} of {cfg.train.epochs}", err=True)
+    else:
+        cfg = load_config(config_file, settings)
+        payload = None
+        tracking.connect(cfg.tracking.tracking_uri)  # an unreachable store fails before any work
+
+    dataset = load_data(cfg.data.source, num_images=cfg.data.num_images, image_size=cfg.model.image_size,
+                        seed=cfg.data.seed, progress=not quiet)
+    if payload is None:
+        tracker = tracking.MlflowRunTracker.start(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
+    click.echo(f"run {tracker.run_id} in experiment {cfg.tracking.experiment!r} at {uri}: "
+               f"{cfg.train.loss}, {dataset.images.shape[0]} images of {cfg.model.image_size}px, "
+               f"{cfg.train.epochs} epochs", err=True)
+    try:
+        run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: resume state saved; continue with: facegan train --resume {tracker.run_id}", err=True)
+        click.echo(f"run_id: {tracker.run_id}")
+        sys.exit(130)
+    if uri.startswith("sqlite:"):
+        click.echo(f"browse: mlflow ui --backend-store-uri {uri}  (then open \"Model training\")", err=True)
+    click.echo(f"run_id: {tracker.run_id}")
+
+
+if __name__ == "__main__":
+    main()

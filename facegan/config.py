@@ -1,0 +1,247 @@
+"""Typed training configuration: defaults, TOML files, ``--set key=value`` overrides, validation.
+
+A config file is a short diff of the defaults, e.g. ``experiments/seed_wgan.toml``::
+
+    [train]
+    loss = "wgan"
+
+Unknown sections or keys and badly typed values are errors, never ignored. ``resolve`` fills
+the values that depend on others (the seed's optimiser settings per objective, the critic's
+norm) so that the logged and checkpointed config says exactly what ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facegan.errors import FaceganError
+from facegan.models import NetworkConfig
+
+LOSSES = ("dcgan", "wgan", "wgan-gp")
+SCHEDULES = ("adaptive", "fixed")
+OPTIMIZERS = ("adam", "rmsprop")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The seed's optimiser settings per objective: (optimizer, lr, beta1, beta2).
+SEED_OPTIMIZERS = {
+    "dcgan": ("adam", 2e-4, 0.5, 0.999),
+    "wgan": ("rmsprop", 5e-5, 0.0, 0.0),
+    "wgan-gp": ("adam", 1e-4, 0.0, 0.999),
+}
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic", a file from `facegan prepare`, or an image folder
+    num_images: int = 2000  # images used (the seed keeps 2000 LFW faces)
+    seed: int = 0  # seed of the built-in synthetic faces
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 80
+    latent_dim: int = 128
+    g_width: int = 64
+    d_width: int = 64
+    g_norm: str = "batch"
+    d_norm: str = "auto"  # auto: InstanceNorm for wgan-gp (as the seed), BatchNorm otherwise
+
+    def network(self) -> NetworkConfig:
+        """The networks' config; call on a resolved config (d_norm no longer "auto")."""
+        return NetworkConfig(**dataclasses.asdict(self)).validate()
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "wgan-gp"
+    epochs: int = 10000
+    batch_size: int = 64
+    schedule: str = "adaptive"  # the seed's accuracy balance, or "fixed": n_critic D steps per G step
+    n_critic: int = 5  # fixed: D steps per G step; adaptive: D minibatches after a switch to D
+    gp_weight: float = 10.0
+    clip_value: float = 0.1  # WGAN weight clipping (the seed's 0.1, larger than the paper's 0.01)
+    optimizer: str | None = None  # None: the seed's choice for the loss
+    lr_g: float | None = None
+    lr_d: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False  # bf16 autocast, CUDA only
+    channels_last: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "facegan"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    run_name: str | None = None
+    checkpoint_every: int = 100  # epochs between generator checkpoints (the seed's 100)
+    sample_every: int = 1  # epochs between sample grids
+    resume_every: int = 10  # epochs between resume states (the seed's 10)
+    num_samples: int = 100  # fixed latents in the sample grid
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_flat_dict(self) -> dict[str, object]:
+        """``{"train.loss": "wgan-gp", ...}``: the form logged as MLflow params."""
+        return {
+            f"{section.name}.{f.name}": getattr(getattr(self, section.name), f.name)
+            for section in dataclasses.fields(self)
+            for f in dataclasses.fields(getattr(self, section.name))
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls()
+        for section, values in data.items():
+            for key, value in values.items():
+                _assign(cfg, f"{section}.{key}", value)
+        return cfg
+
+
+def _sections(cfg: Config) -> dict[str, object]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _field_types(obj) -> dict[str, object]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _coerce(key: str, value, annotation):
+    """Check ``value`` against a field's annotation; ints are accepted where floats are expected."""
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, type(int | None)) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise FaceganError(f"{key} may not be empty")
+    for t in allowed:
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+        elif t is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif t is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif t is str:
+            if isinstance(value, str):
+                return value
+    names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+    raise FaceganError(f"{key} must be {names}, got {value!r}")
+
+
+def _assign(cfg: Config, key: str, value) -> None:
+    sections = _sections(cfg)
+    section_name, _, name = key.partition(".")
+    if section_name not in sections or not name:
+        hint = difflib.get_close_matches(section_name, sections, n=1)
+        raise FaceganError(
+            f"unknown config key {key!r}; keys look like section.name with section one of "
+            f"{', '.join(sections)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    section = sections[section_name]
+    types = _field_types(section)
+    if name not in types:
+        hint = difflib.get_close_matches(name, types, n=1)
+        raise FaceganError(
+            f"unknown config key {key!r}" + (f"; did you mean '{section_name}.{hint[0]}'?" if hint else "")
+            + f" (valid keys in [{section_name}]: {', '.join(types)})"
+        )
+    setattr(section, name, _coerce(key, value, types[name]))
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """Parse ``key=value`` from ``--set``; the value is read as TOML, bare words as strings."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise FaceganError(f"--set expects key=value (e.g. train.lr_g=2e-4), got {text!r}")
+    if raw.lower() in ("none", "null", ""):
+        return key, None
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
+    """Defaults, then the TOML file, then ``overrides`` (``{"train.loss": "wgan"}``), then validation."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FaceganError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise FaceganError(f"config file {path} is not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise FaceganError(f"{path}: top-level key {section!r} must be a [section] table")
+            for key, value in values.items():
+                _assign(cfg, f"{section}.{key}", value)
+    for key, value in (overrides or {}).items():
+        _assign(cfg, key, value)
+    return resolve(cfg)
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise FaceganError(f"{key} must be one of {', '.join(options)}; got {value!r}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise FaceganError(f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def resolve(cfg: Config) -> Config:
+    """Validate every value and fill the dependent defaults in place; returns ``cfg``."""
+    t, m, d, k = cfg.train, cfg.model, cfg.data, cfg.tracking
+    _choice("train.loss", t.loss, LOSSES)
+    _choice("train.schedule", t.schedule, SCHEDULES)
+    _choice("train.device", t.device, DEVICES)
+    if m.d_norm == "auto":
+        m.d_norm = "instance" if t.loss == "wgan-gp" else "batch"
+    if t.loss == "wgan-gp" and m.d_norm == "batch":
+        # The penalty treats each sample on its own; BatchNorm mixes them (Gulrajani et al. 2017).
+        raise FaceganError("model.d_norm = 'batch' is invalid with wgan-gp; use 'instance' or 'none'")
+    optimizer, lr, beta1, beta2 = SEED_OPTIMIZERS[t.loss]
+    t.optimizer = t.optimizer or optimizer
+    _choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    t.lr_g = lr if t.lr_g is None else t.lr_g
+    t.lr_d = lr if t.lr_d is None else t.lr_d
+    t.beta1 = beta1 if t.beta1 is None else t.beta1
+    t.beta2 = beta2 if t.beta2 is None else t.beta2
+    for key in ("epochs", "batch_size", "n_critic"):
+        _positive(f"train.{key}", getattr(t, key))
+    for key in ("lr_g", "lr_d", "clip_value"):
+        _positive(f"train.{key}", getattr(t, key))
+    _positive("train.gp_weight", t.gp_weight, allow_zero=True)
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(t, key) < 1:
+            raise FaceganError(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
+    _positive("data.num_images", d.num_images)
+    for key in ("checkpoint_every", "sample_every", "resume_every", "num_samples"):
+        _positive(f"tracking.{key}", getattr(k, key))
+    if not k.experiment:
+        raise FaceganError("tracking.experiment may not be empty")
+    m.network()  # validates image size, widths and norms
+    return cfg

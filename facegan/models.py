@@ -1,0 +1,163 @@
+"""The generator and the discriminator (critic).
+
+With no arguments both are exactly the seed's 80x80 networks: a DCGAN-style stack that starts
+from a ``base``x``base`` map (5 for 80 px) and doubles it ``n`` times. Other sizes follow the
+same pattern with ``size = base * 2**n``, base 4 or 5 and 3 to 5 doublings, so 32, 40, 64, 80,
+128 and 160 are supported. Convolutions carry no bias, as in the seed (a following norm layer
+makes it redundant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from facegan.errors import FaceganError
+
+# (base, doublings) for every supported image size.
+_LAYOUTS = {b * 2**n: (b, n) for b in (4, 5) for n in (3, 4, 5)}
+SUPPORTED_IMAGE_SIZES = tuple(sorted(_LAYOUTS))
+GENERATOR_NORMS = ("batch", "none")
+DISCRIMINATOR_NORMS = ("batch", "instance", "none")
+
+
+def _layout(image_size: int) -> tuple[int, int]:
+    if image_size not in _LAYOUTS:
+        sizes = ", ".join(str(s) for s in SUPPORTED_IMAGE_SIZES)
+        raise FaceganError(f"unsupported image size {image_size}; supported sizes: {sizes}")
+    return _LAYOUTS[image_size]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything needed to rebuild both networks; stored in every checkpoint."""
+
+    image_size: int = 80
+    latent_dim: int = 128
+    g_width: int = 64
+    d_width: int = 64
+    g_norm: str = "batch"
+    d_norm: str = "batch"
+
+    def validate(self) -> "NetworkConfig":
+        _layout(self.image_size)
+        for name in ("latent_dim", "g_width", "d_width"):
+            if getattr(self, name) < 1:
+                raise FaceganError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.g_norm not in GENERATOR_NORMS:
+            raise FaceganError(f"model.g_norm must be one of {', '.join(GENERATOR_NORMS)}; got {self.g_norm!r}")
+        if self.d_norm not in DISCRIMINATOR_NORMS:
+            raise FaceganError(
+                f"model.d_norm must be one of {', '.join(DISCRIMINATOR_NORMS)}; got {self.d_norm!r}"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        # affine=True as in the seed's WGAN-GP critic; BatchNorm would couple the samples that the
+        # gradient penalty treats independently.
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN initialisation (Radford et al. 2016): conv weights ~ N(0, 0.02), norm scales ~ N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """Maps latent vectors (N x latent_dim) to images (N x 3 x S x S) in [-1, 1].
+
+    Example:
+        >>> g = Generator()                      # the seed's 80x80 generator
+        >>> sum(p.numel() for p in g.parameters())
+        4395904
+        >>> g(torch.randn(2, 128)).shape
+        torch.Size([2, 3, 80, 80])
+    """
+
+    def __init__(self, image_size: int = 80, latent_dim: int = 128, width: int = 64, norm: str = "batch"):
+        super().__init__()
+        NetworkConfig(image_size=image_size, latent_dim=latent_dim, g_width=width, g_norm=norm).validate()
+        base, doublings = _layout(image_size)
+        self.image_size, self.latent_dim = image_size, latent_dim
+        channels = [width * 2 ** (doublings - 1 - i) for i in range(doublings)]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, channels[0], kernel_size=base, stride=1, padding=0, bias=False),
+            _norm(norm, channels[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
+                _norm(norm, c_out),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [nn.ConvTranspose2d(channels[-1], 3, kernel_size=4, stride=2, padding=1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        init_dcgan_weights(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """Maps images (N x 3 x S x S) to one raw score each (N x 1).
+
+    The output is a logit for DCGAN (the sigmoid lives in the loss, which is numerically stable)
+    and an unbounded critic value for WGAN and WGAN-GP.
+
+    Example:
+        >>> d = Discriminator()                  # the seed's 80x80 discriminator
+        >>> sum(p.numel() for p in d.parameters())
+        2770176
+    """
+
+    def __init__(self, image_size: int = 80, width: int = 64, norm: str = "batch"):
+        super().__init__()
+        NetworkConfig(image_size=image_size, d_width=width, d_norm=norm).validate()
+        base, doublings = _layout(image_size)
+        self.image_size = image_size
+        channels = [width * 2**i for i in range(doublings)]
+        # The first layer has no norm, as in DCGAN: normalising the raw image throws away colour.
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, channels[0], kernel_size=4, stride=2, padding=1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
+                _norm(norm, c_out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        layers += [nn.Conv2d(channels[-1], 1, kernel_size=base, stride=1, padding=0, bias=False), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        init_dcgan_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_generator(cfg: NetworkConfig) -> Generator:
+    return Generator(cfg.image_size, cfg.latent_dim, cfg.g_width, cfg.g_norm)
+
+
+def build_discriminator(cfg: NetworkConfig) -> Discriminator:
+    return Discriminator(cfg.image_size, cfg.d_width, cfg.d_norm)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

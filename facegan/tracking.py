@@ -1,0 +1,314 @@
+"""Everything facegan tells MLflow, and everything it reads back: the only module importing mlflow.
+
+The training loop and the evaluator talk to a small tracker interface (:class:`RunTracker`);
+:class:`MemoryTracker` implements it in memory for tests, :class:`MlflowRunTracker` against a real
+tracking store. Layout (see DESIGN.md, "MLflow layout"):
+
+- params: the resolved config, flat (``train.loss``, ...);
+- input: the dataset, with a digest of the whole uint8 tensor;
+- metrics: ``step=epoch``; sample grids: ``log_image(key="samples", step=epoch)``, step 0 too;
+- generator checkpoints: LoggedModels named ``generator-epoch-0100`` with param ``epoch``, linked
+  to the run at ``step=epoch``; a state_dict file, not ``mlflow.pytorch.log_model`` (seconds each);
+- resume state: run artifact ``resume/state.pt``.
+
+A remote server that goes away must not stall or kill training: requests retry briefly, metrics
+that cannot be sent are kept and re-sent with the next batch, and whatever is still unsent at the
+end is written to a local JSON file (nothing is lost).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from facegan.errors import FaceganError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MODEL_TYPE = "facegan-generator"
+RESUME_ARTIFACT = "resume/state.pt"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"generator-epoch-{epoch:04d}"
+
+
+class RunTracker(Protocol):
+    """What the training loop needs from a tracker."""
+
+    run_id: str
+
+    def log_params(self, params: dict[str, object]) -> None: ...
+    def log_dataset(self, info: dict) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
+    def log_checkpoint(self, path: Path, epoch: int) -> str: ...
+    def checkpoint_epochs(self) -> set[int]: ...
+    def logged_metric_steps(self, key: str) -> set[int]: ...
+    def logged_image_steps(self, key: str) -> set[int]: ...
+    def save_resume_state(self, path: Path) -> None: ...
+    def fetch_resume_state(self, dest_dir: Path) -> Path | None: ...
+    def finish(self, status: str) -> None: ...
+
+
+class MemoryTracker:
+    """An in-memory tracker for tests of the loop without a store."""
+
+    def __init__(self, run_id: str = "memory"):
+        self.run_id = run_id
+        self.params: dict[str, object] = {}
+        self.datasets: list[dict] = []
+        self.metrics: dict[str, dict[int, float]] = {}
+        self.images: dict[str, dict[int, np.ndarray]] = {}
+        self.checkpoints: dict[int, bytes] = {}
+        self.resume_state: bytes | None = None
+        self.status: str | None = None
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_dataset(self, info):
+        self.datasets.append(dict(info))
+
+    def log_metrics(self, metrics, step):
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, {})[step] = float(value)
+
+    def log_image(self, key, image, step):
+        self.images.setdefault(key, {})[step] = np.asarray(image)
+
+    def log_checkpoint(self, path, epoch):
+        self.checkpoints[epoch] = Path(path).read_bytes()
+        return f"memory-{epoch}"
+
+    def checkpoint_epochs(self):
+        return set(self.checkpoints)
+
+    def logged_metric_steps(self, key):
+        return set(self.metrics.get(key, {}))
+
+    def logged_image_steps(self, key):
+        return set(self.images.get(key, {}))
+
+    def save_resume_state(self, path):
+        self.resume_state = Path(path).read_bytes()
+
+    def fetch_resume_state(self, dest_dir):
+        if self.resume_state is None:
+            return None
+        path = Path(dest_dir) / "state.pt"
+        path.write_bytes(self.resume_state)
+        return path
+
+    def finish(self, status):
+        self.status = status
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow
+
+
+def _quiet_mlflow() -> None:
+    # MLflow prints migration chatter, run URLs and deprecation notices on every call; our CLI
+    # prints what matters itself.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A lost server otherwise stalls each request for minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    for name in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"mlflow\..*")
+
+
+_quiet_mlflow()
+
+import mlflow  # noqa: E402  (after the environment above is set)
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunStatus  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def connect(uri: str | None) -> MlflowClient:
+    """Point MLflow at the store and check that it answers; a clear error if it does not."""
+    uri = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        client = MlflowClient(uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # connection errors, bad URIs, unreadable databases
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FaceganError(f"cannot reach the MLflow tracking store at {uri}: {reason}") from None
+    return client
+
+
+class MlflowRunTracker:
+    """A tracker writing one MLflow run; also reopens a run to resume it."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self._pending: list[Metric] = []
+        self._warned = False
+
+    @classmethod
+    def start(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None) -> "MlflowRunTracker":
+        client = connect(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run = client.create_run(experiment_id, run_name=run_name, tags={"facegan.kind": "train"})
+        return cls(client, run.info.run_id, experiment_id)
+
+    @classmethod
+    def reopen(cls, tracking_uri: str | None, run_id: str) -> "MlflowRunTracker":
+        client = connect(tracking_uri)
+        run = get_run(client, run_id)
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id, run.info.experiment_id)
+
+    # -- what the loop logs ------------------------------------------------------------------
+
+    def log_params(self, params):
+        self.client.log_batch(
+            self.run_id, params=[mlflow.entities.Param(k, "none" if v is None else str(v)) for k, v in params.items()]
+        )
+
+    def log_dataset(self, info):
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.types import Schema, TensorSpec
+
+        shape = tuple(info["shape"])
+        schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape[1:]), name="images")])
+        source = CodeDatasetSource(tags={"source": str(info["source"])})
+        # MLflow's digest column holds 36 characters; the first 32 hex digits of a sha256 over
+        # the whole tensor still identify it (MLflow's own digest hashes only a sample).
+        dataset = MetaDataset(source=source, name=info["name"], digest=info["digest"][:32], schema=schema)
+        self.client.log_inputs(self.run_id, datasets=[mlflow.entities.DatasetInput(dataset._to_mlflow_entity())])
+        self.client.set_tag(self.run_id, "facegan.dataset_digest", info["digest"])
+
+    def log_metrics(self, metrics, step):
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._flush()
+
+    def _flush(self) -> bool:
+        if not self._pending:
+            return True
+        try:
+            for i in range(0, len(self._pending), 1000):  # MLflow's batch limit
+                self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
+        except Exception as exc:
+            if not self._warned:
+                print(f"warning: MLflow did not take metrics ({str(exc).splitlines()[0]}); "
+                      "keeping them and retrying; training goes on", file=sys.stderr)
+                self._warned = True
+            return False
+        self._pending.clear()
+        return True
+
+    def log_image(self, key, image, step):
+        self.client.log_image(self.run_id, np.asarray(image), key=key, step=step, synchronous=True)
+
+    def log_checkpoint(self, path, epoch):
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=checkpoint_name(epoch),
+            source_run_id=self.run_id,
+            params={"epoch": str(epoch)},
+            model_type=MODEL_TYPE,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / "generator.pt")
+            self.client.log_model_artifacts(model.model_id, tmp)
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=epoch)])
+        return model.model_id
+
+    def checkpoint_epochs(self):
+        return {c.epoch for c in run_checkpoints(self.client, self.run_id)}
+
+    def save_resume_state(self, path):
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / Path(RESUME_ARTIFACT).name)
+            self.client.log_artifacts(self.run_id, tmp, artifact_path=str(Path(RESUME_ARTIFACT).parent))
+
+    def fetch_resume_state(self, dest_dir):
+        try:
+            return Path(self.client.download_artifacts(self.run_id, RESUME_ARTIFACT, str(dest_dir)))
+        except (MlflowException, OSError):
+            return None
+
+    def logged_metric_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def logged_image_steps(self, key: str) -> set[int]:
+        steps = set()
+        for info in self.client.list_artifacts(self.run_id, "images"):
+            name = Path(info.path).name
+            # log_image names files "<key>+step+<step>+timestamp+..." ("%" in older MLflow).
+            parts = re.split(r"[+%]", name)
+            if len(parts) > 2 and parts[0] == key and parts[1] == "step":
+                steps.add(int(parts[2]))
+        return steps
+
+    def finish(self, status):
+        if not self._flush():
+            out = Path(f"facegan-unsent-metrics-{self.run_id}.json")
+            out.write_text(json.dumps([m.to_dictionary() for m in self._pending]))
+            print(f"warning: {len(self._pending)} metrics could not reach MLflow; saved in {out}", file=sys.stderr)
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            print(f"warning: could not mark run {self.run_id} {status}: {exc}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading runs back (evaluation, generate, serve)
+
+
+class CheckpointRef:
+    """A generator checkpoint logged by a run."""
+
+    def __init__(self, epoch: int, model_id: str, name: str):
+        self.epoch, self.model_id, self.name = epoch, model_id, name
+
+    def __repr__(self):
+        return f"CheckpointRef(epoch={self.epoch}, model_id={self.model_id!r})"
+
+
+def get_run(client: MlflowClient, run_id: str):
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise FaceganError(f"no MLflow run with id {run_id!r} in {mlflow.get_tracking_uri()}") from None
+
+
+def run_checkpoints(client: MlflowClient, run_id: str) -> list[CheckpointRef]:
+    """The run's generator checkpoints, ordered by epoch (READY LoggedModels only)."""
+    run = get_run(client, run_id)
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        max_results=1000,
+    )
+    refs = []
+    for m in models:
+        if m.model_type != MODEL_TYPE or m.status != LoggedModelStatus.READY or "epoch" not in m.params:
+            continue
+        refs.append(CheckpointRef(int(m.params["epoch"]), m.model_id, m.name))
+    return sorted(refs, key=lambda r: r.epoch)

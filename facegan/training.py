@@ -1,0 +1,480 @@
+"""The training loop: schedules, D and G steps, sampling, checkpoint cadence, resume.
+
+``facegan train`` builds a :class:`~facegan.config.Config`, loads the data once and calls
+:func:`train`. One minibatch is one step of D or of G; which one is decided by the schedule:
+
+- ``adaptive`` (the seed's balance): D and G are scored on the minibatch; D is trained when
+  ``accuracy_g / 2 >= accuracy_d`` and then for ``n_critic - 1`` more minibatches, else G is.
+- ``fixed``: ``n_critic`` D steps, then one G step.
+
+No work is wasted: when a D step is known in advance the fake batch is generated without a graph,
+G steps skip D's weight gradients, and a D step decided after scoring skips G's gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from facegan.checkpoint import load_checkpoint, save_checkpoint
+from facegan.config import Config, TrainConfig
+from facegan.data import Dataset
+from facegan.errors import FaceganError
+from facegan.losses import Objective, make_objective
+from facegan.models import build_discriminator, build_generator
+from facegan.tracking import RunTracker
+
+SAMPLE_KEY = "samples"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FaceganError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.RMSprop(params, lr=lr)
+
+
+def fixed_latents(num: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """The latents of the sample grid: the same on every device and in every resumed run."""
+    return torch.randn(num, latent_dim, generator=torch.Generator().manual_seed(seed + 1_000_003))
+
+
+def images_to_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
+    """Images in [-1, 1] (N x 3 x H x W) to one H x W x 3 uint8 grid."""
+    from torchvision.utils import make_grid
+
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _cpu_state(module_or_opt) -> dict:
+    """A detached CPU copy of a state_dict (a live state_dict aliases the training tensors)."""
+
+    def copy(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to("cpu", copy=True).contiguous()
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [copy(v) for v in value]
+        return value
+
+    return copy(module_or_opt.state_dict())
+
+
+@dataclass
+class EpochTotals:
+    """Sums over one epoch's minibatches; tensors stay on the device until the epoch ends."""
+
+    loss_d: torch.Tensor | float = 0.0
+    loss_g: torch.Tensor | float = 0.0
+    penalty: torch.Tensor | float = 0.0
+    accuracy_g: torch.Tensor | float = 0.0
+    accuracy_d: torch.Tensor | float = 0.0
+    d_steps: int = 0
+    g_steps: int = 0
+    scored: int = 0  # minibatches whose accuracies were measured
+    images: int = 0
+
+    def metrics(self, seconds: float) -> dict[str, float]:
+        def mean(total, count):
+            return float(total) / count if count else float("nan")
+
+        out = {
+            "loss_d": mean(self.loss_d, self.d_steps),
+            "loss_g": mean(self.loss_g, self.g_steps),
+            "accuracy_g": mean(self.accuracy_g, self.scored),
+            "accuracy_d": mean(self.accuracy_d, self.scored),
+            "d_steps": float(self.d_steps),
+            "g_steps": float(self.g_steps),
+            "images_per_s": self.images / seconds if seconds > 0 else float("nan"),
+            "epoch_seconds": seconds,
+        }
+        if isinstance(self.penalty, torch.Tensor):
+            out["gradient_penalty"] = mean(self.penalty, self.d_steps)
+        # MLflow rejects NaN in some stores and charts break on it: drop what was not measured.
+        return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+@dataclass
+class Schedule:
+    """Which network the next minibatch trains; its state is part of the resume state."""
+
+    kind: str
+    n_critic: int
+    d_streak: int = 0  # adaptive: D minibatches still owed after a switch to D
+    cycle: int = 0  # fixed: position in the n_critic D steps + 1 G step cycle
+
+    def forced(self) -> str | None:
+        """"d" or "g" when the next step is known before scoring the minibatch, else None."""
+        if self.kind == "fixed":
+            return "d" if self.cycle < self.n_critic else "g"
+        return "d" if self.d_streak > 0 else None
+
+    def done(self, trained: str, *, switched_to_d: bool = False) -> None:
+        if self.kind == "fixed":
+            self.cycle = (self.cycle + 1) % (self.n_critic + 1)
+        elif switched_to_d:
+            self.d_streak = self.n_critic - 1
+        elif trained == "d":
+            self.d_streak -= 1
+
+    def state(self) -> dict:
+        return {"d_streak": self.d_streak, "cycle": self.cycle}
+
+
+@dataclass
+class GAN:
+    """Both networks, their optimisers and the objective: everything a step touches."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    objective: Objective
+    latent_dim: int
+    autocast: object = field(default_factory=lambda: nullcontext)
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def _generate(self, n: int, device) -> torch.Tensor:
+        z = torch.randn(n, self.latent_dim, device=device)
+        with self.autocast():
+            return self.generator(z).contiguous(memory_format=self.memory_format)
+
+    def _score(self, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.discriminator(images).float()
+
+    def d_step(self, real, fake, scores_real, scores_fake, totals: EpochTotals, *, graph_into_g: bool):
+        loss = self.objective.d_loss(scores_real, scores_fake)
+        if self.objective.needs_penalty:
+            with self.autocast():
+                penalty = self.objective.penalty(self.discriminator, real, fake.detach()).float()
+            totals.penalty = totals.penalty + penalty.detach()
+            loss = loss + penalty
+        self.opt_d.zero_grad(set_to_none=True)
+        # When the fakes still hang on G's graph, restrict backward to D's weights: G's
+        # gradients would be computed only to be thrown away.
+        loss.backward(inputs=list(self.discriminator.parameters()) if graph_into_g else None)
+        self.opt_d.step()
+        self.objective.after_d_step(self.discriminator)
+        totals.loss_d = totals.loss_d + loss.detach()
+        totals.d_steps += 1
+
+    def g_step(self, scores_fake, totals: EpochTotals):
+        loss = self.objective.g_loss(scores_fake)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(self.generator.parameters()))
+        self.opt_g.step()
+        totals.loss_g = totals.loss_g + loss.detach()
+        totals.g_steps += 1
+
+    def _record_accuracies(self, scores_real, scores_fake, totals: EpochTotals):
+        acc_g, acc_d = self.objective.accuracies(scores_real.detach(), scores_fake.detach())
+        totals.accuracy_g = totals.accuracy_g + acc_g
+        totals.accuracy_d = totals.accuracy_d + acc_d
+        totals.scored += 1
+        return acc_g, acc_d
+
+    def step(self, real: torch.Tensor, schedule: Schedule, totals: EpochTotals) -> None:
+        """Train D or G on one minibatch of real images (float, [-1, 1], on the device)."""
+        n = real.shape[0]  # a short last minibatch gets as many fakes as it has reals
+        totals.images += n
+        forced = schedule.forced()
+        if forced == "d":
+            with torch.no_grad():
+                fake = self._generate(n, real.device)
+            scores_real, scores_fake = self._score(real), self._score(fake)
+            self._record_accuracies(scores_real, scores_fake, totals)
+            self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=False)
+            schedule.done("d")
+        elif forced == "g":
+            self.discriminator.requires_grad_(False)  # no D weight gradients in a G step
+            try:
+                self.g_step(self._score(self._generate(n, real.device)), totals)
+            finally:
+                self.discriminator.requires_grad_(True)
+            schedule.done("g")
+        else:  # adaptive: score first, then decide (the seed's rule)
+            fake = self._generate(n, real.device)
+            scores_real, scores_fake = self._score(real), self._score(fake)
+            acc_g, acc_d = self._record_accuracies(scores_real, scores_fake, totals)
+            if acc_g.item() / 2 >= acc_d.item():
+                self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=True)
+                schedule.done("d", switched_to_d=True)
+            else:
+                self.g_step(scores_fake, totals)
+                schedule.done("g")
+
+
+def build_gan(cfg: Config, device: torch.device) -> GAN:
+    t = cfg.train
+    net = cfg.model.network()
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    generator = build_generator(net).to(device=device, memory_format=memory_format)
+    discriminator = build_discriminator(net).to(device=device, memory_format=memory_format)
+    if t.bf16 and device.type != "cuda":
+        raise FaceganError("train.bf16 needs a CUDA device (bf16 autocast on the CPU is slower, not faster)")
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if t.bf16 else nullcontext()
+
+    return GAN(
+        generator=generator,
+        discriminator=discriminator,
+        opt_g=make_optimizer(generator.parameters(), t, t.lr_g),
+        opt_d=make_optimizer(discriminator.parameters(), t, t.lr_d),
+        objective=make_objective(t.loss, gp_weight=t.gp_weight, clip_value=t.clip_value),
+        latent_dim=net.latent_dim,
+        autocast=autocast,
+        memory_format=memory_format,
+    )
+
+
+def _place_dataset(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images on the training device when they fit comfortably, else pinned host memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes < free // 4:
+            return images.to(device)
+        return images.pin_memory()
+    return images
+
+
+@contextmanager
+def _no_interrupts():
+    """Hold Ctrl-C while a resume state is written, so a second Ctrl-C cannot truncate it."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    """Runs (or resumes) one training run and logs it through a tracker."""
+
+    def __init__(self, cfg: Config, dataset: Dataset, tracker: RunTracker, *, progress: bool = True):
+        self.cfg, self.dataset, self.tracker, self.progress = cfg, dataset, tracker, progress
+        self.device = select_device(cfg.train.device)
+        if dataset.images.shape[-1] != cfg.model.image_size:
+            raise FaceganError(
+                f"the data is {dataset.images.shape[-1]}x{dataset.images.shape[-1]} but model.image_size is "
+                f"{cfg.model.image_size}; prepare the data at that size or set --image-size"
+            )
+        torch.manual_seed(cfg.train.seed)
+        self.gan = build_gan(cfg, self.device)
+        self.schedule = Schedule(cfg.train.schedule, cfg.train.n_critic)
+        self.shuffle_rng = torch.Generator().manual_seed(cfg.train.seed)
+        self.latents = fixed_latents(cfg.tracking.num_samples, self.gan.latent_dim, cfg.train.seed).to(self.device)
+        self.images = _place_dataset(dataset.images, self.device)
+        self.data_digest = dataset.digest  # a sha256 over the whole tensor: compute it once
+        self.epoch = 0
+        self.snapshot: dict | None = None
+        # On resume: steps logged before an interruption are not logged again.
+        self.logged_metric_steps: set[int] = set()
+        self.logged_image_steps: set[int] = set()
+        self.logged_checkpoints: set[int] = set()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def dataset_info(self) -> dict:
+        manifest = self.dataset.manifest
+        return {
+            "name": f"facegan-{Path(str(manifest.get('source', 'data'))).stem}-{self.data_digest[:8]}",
+            "digest": self.data_digest,
+            "source": manifest.get("source", self.cfg.data.source),
+            "shape": list(self.dataset.images.shape),
+        }
+
+    def _common(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "network": self.cfg.model.network().to_dict(),
+            "config": self.cfg.to_dict(),
+            "dataset": {"digest": self.data_digest, "source": self.cfg.data.source,
+                        "num_images": int(self.dataset.images.shape[0]), "image_size": self.cfg.model.image_size},
+        }
+
+    def resume_payload(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_rng.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            **self._common(),
+            "kind": "resume",
+            "generator": _cpu_state(self.gan.generator),
+            "discriminator": _cpu_state(self.gan.discriminator),
+            "optimizer_g": _cpu_state(self.gan.opt_g),
+            "optimizer_d": _cpu_state(self.gan.opt_d),
+            "rng": rng,
+            "schedule": self.schedule.state(),
+        }
+
+    def restore(self, payload: dict) -> None:
+        if payload["dataset"]["digest"] != self.data_digest:
+            raise FaceganError(
+                "the data differs from the data this run was trained on (digest "
+                f"{self.data_digest[:12]} vs {payload['dataset']['digest'][:12]}); resume with the same --data"
+            )
+        try:
+            self.gan.generator.load_state_dict(payload["generator"])
+            self.gan.discriminator.load_state_dict(payload["discriminator"])
+            self.gan.opt_g.load_state_dict(payload["optimizer_g"])
+            self.gan.opt_d.load_state_dict(payload["optimizer_d"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise FaceganError(f"the resume state does not fit this run's networks: {str(exc).splitlines()[0]}") from None
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.shuffle_rng.set_state(payload["rng"]["shuffle"])
+        if "cuda" in payload["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        self.schedule.d_streak = payload["schedule"]["d_streak"]
+        self.schedule.cycle = payload["schedule"]["cycle"]
+        self.epoch = int(payload["epoch"])
+        self.snapshot = payload
+
+    def note_logged_steps(self) -> None:
+        """On resume: steps logged before the interruption are not logged a second time."""
+        self.logged_metric_steps = self.tracker.logged_metric_steps("d_steps")  # logged every epoch
+        self.logged_image_steps = self.tracker.logged_image_steps(SAMPLE_KEY)
+        self.logged_checkpoints = self.tracker.checkpoint_epochs()
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _log_samples(self, epoch: int) -> None:
+        if epoch in self.logged_image_steps:
+            return
+        g = self.gan.generator
+        g.eval()
+        with torch.no_grad():
+            images = g(self.latents)
+        g.train()
+        self.tracker.log_image(SAMPLE_KEY, images_to_grid(images), epoch)
+
+    def _log_checkpoint(self, epoch: int) -> None:
+        if epoch in self.logged_checkpoints:
+            return
+        payload = {**self._common(), "kind": "generator", "generator": _cpu_state(self.gan.generator)}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_checkpoint(payload, Path(tmp) / "generator.pt")
+            self.tracker.log_checkpoint(path, epoch)
+
+    def _save_resume(self, payload: dict) -> None:
+        with _no_interrupts(), tempfile.TemporaryDirectory() as tmp:
+            self.tracker.save_resume_state(save_checkpoint(payload, Path(tmp) / "state.pt"))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run_epoch(self) -> EpochTotals:
+        cfg = self.cfg.train
+        totals = EpochTotals()
+        n = self.images.shape[0]
+        order = torch.randperm(n, generator=self.shuffle_rng)
+        for start in range(0, n, cfg.batch_size):
+            index = order[start : start + cfg.batch_size].to(self.images.device)
+            batch = self.images.index_select(0, index).to(self.device, non_blocking=True)
+            real = (batch.float() / 127.5 - 1.0).contiguous(memory_format=self.gan.memory_format)
+            self.gan.step(real, self.schedule, totals)
+        return totals
+
+    def fit(self) -> None:
+        """Train from ``self.epoch`` to ``train.epochs``; Ctrl-C saves resume state and re-raises."""
+        cfg, track = self.cfg, self.cfg.tracking
+        if self.epoch == 0:
+            self._log_samples(0)
+        bar = tqdm(total=cfg.train.epochs, initial=self.epoch, desc="train", unit="epoch",
+                   disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
+        try:
+            for epoch in range(self.epoch + 1, cfg.train.epochs + 1):
+                started = time.perf_counter()
+                totals = self.run_epoch()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                metrics = totals.metrics(time.perf_counter() - started)
+                self.epoch = epoch
+                last = epoch == cfg.train.epochs
+                if epoch not in self.logged_metric_steps:
+                    self.tracker.log_metrics(metrics, epoch)
+                if epoch % track.sample_every == 0 or last:
+                    self._log_samples(epoch)
+                if epoch % track.checkpoint_every == 0 or last:
+                    self._log_checkpoint(epoch)
+                self.snapshot = self.resume_payload()
+                if epoch % track.resume_every == 0 or last:
+                    self._save_resume(self.snapshot)
+                bar.update(1)
+                bar.set_postfix(
+                    loss_d=f"{metrics.get('loss_d', float('nan')):.3f}",
+                    loss_g=f"{metrics.get('loss_g', float('nan')):.3f}",
+                    img_s=f"{metrics['images_per_s']:.0f}",
+                )
+        except BaseException:
+            # Ctrl-C or a crash: keep what the last complete epoch reached, so --resume works.
+            if self.snapshot is not None and self.snapshot["epoch"] > 0:
+                try:
+                    self._save_resume(self.snapshot)
+                except Exception as exc:  # never hide the original error behind this one
+                    print(f"warning: could not save the resume state: {exc}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+
+
+def fetch_resume_payload(tracker: RunTracker) -> dict:
+    """The run's last resume state (networks, optimisers, epoch, RNG, schedule, config)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.fetch_resume_state(Path(tmp))
+        if path is None:
+            raise FaceganError(f"run {tracker.run_id} has no resume state to continue from")
+        return load_checkpoint(path, kind="resume")
+
+
+def train(
+    cfg: Config, dataset: Dataset, tracker: RunTracker, *, resume_payload: dict | None = None, progress: bool = True
+) -> Trainer:
+    """Train one run, or continue it from ``resume_payload``; marks it FINISHED, KILLED or FAILED."""
+    trainer = Trainer(cfg, dataset, tracker, progress=progress)
+    if resume_payload is not None:
+        trainer.restore(resume_payload)
+        if trainer.epoch >= cfg.train.epochs:
+            raise FaceganError(
+                f"run {tracker.run_id} already reached epoch {trainer.epoch} of {cfg.train.epochs}; "
+                "pass a larger --epochs to continue it"
+            )
+        trainer.note_logged_steps()
+    else:
+        tracker.log_params(cfg.to_flat_dict())
+        tracker.log_dataset(trainer.dataset_info())
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return trainer

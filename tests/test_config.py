@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from facegan.config import load_config, parse_override
+from facegan.errors import FaceganError
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_defaults_resolve_to_the_seeds_settings():
+    cfg = load_config()
+    assert (cfg.train.loss, cfg.train.optimizer, cfg.train.lr_g, cfg.train.beta1, cfg.train.beta2) == (
+        "wgan-gp", "adam", 1e-4, 0.0, 0.999)
+    assert cfg.model.d_norm == "instance"
+    assert cfg.tracking.checkpoint_every == 100
+    dcgan = load_config(overrides={"train.loss": "dcgan"})
+    assert (dcgan.train.lr_d, dcgan.train.beta1, dcgan.model.d_norm) == (2e-4, 0.5, "batch")
+    wgan = load_config(overrides={"train.loss": "wgan"})
+    assert (wgan.train.optimizer, wgan.train.lr_g, wgan.train.clip_value) == ("rmsprop", 5e-5, 0.1)
+
+
+@pytest.mark.parametrize("name", ["quick", "seed_dcgan", "seed_wgan", "seed_wgan_gp"])
+def test_experiment_files_load(name):
+    cfg = load_config(EXPERIMENTS / f"{name}.toml")
+    if name.startswith("seed"):
+        assert (cfg.model.image_size, cfg.data.num_images, cfg.train.epochs, cfg.tracking.checkpoint_every) == (
+            80, 2000, 10000, 100)
+
+
+def test_overrides_are_typed_from_toml():
+    assert parse_override("train.lr_g=2e-4") == ("train.lr_g", 2e-4)
+    assert parse_override("train.loss=wgan") == ("train.loss", "wgan")
+    assert parse_override("train.bf16=true") == ("train.bf16", True)
+    assert parse_override("tracking.run_name=none") == ("tracking.run_name", None)
+    cfg = load_config(overrides=dict([parse_override("train.lr_d=1"), parse_override("train.epochs=3")]))
+    assert cfg.train.lr_d == 1.0 and isinstance(cfg.train.lr_d, float) and cfg.train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lr": 1e-3}, r"unknown config key 'train.lr'"),
+        ({"train.los": "dcgan"}, r"did you mean 'train.loss'"),
+        ({"trian.loss": "dcgan"}, r"did you mean 'train'"),
+        ({"train.loss": "gan"}, r"train.loss must be one of dcgan, wgan, wgan-gp"),
+        ({"train.epochs": 0}, r"train.epochs must be positive"),
+        ({"train.epochs": 2.5}, r"train.epochs must be int"),
+        ({"train.batch_size": "big"}, r"train.batch_size must be int"),
+        ({"model.image_size": 100}, r"supported sizes: 32, 40, 64, 80, 128, 160"),
+        ({"train.beta1": 1.5}, r"train.beta1 must be in \[0, 1\)"),
+        ({"train.loss": "wgan-gp", "model.d_norm": "batch"}, r"invalid with wgan-gp"),
+        ({"train.bf16": "yes"}, r"train.bf16 must be bool"),
+    ],
+)
+def test_bad_values_are_clear_errors(overrides, message):
+    with pytest.raises(FaceganError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FaceganError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nloss=1")
+    with pytest.raises(FaceganError, match="not valid TOML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[train]\nlearning_rate = 1e-3\n")
+    with pytest.raises(FaceganError, match="unknown config key 'train.learning_rate'"):
+        load_config(unknown)
+    flat = tmp_path / "flat.toml"
+    flat.write_text("loss = 'dcgan'\n")
+    with pytest.raises(FaceganError, match="must be a \\[section\\] table"):
+        load_config(flat)
