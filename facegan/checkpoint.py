@@ -29,15 +29,14 @@ VERSION = 1
 GENERATOR_FILE = "generator.pt"  # file name inside an MLflow LoggedModel's artifacts
 
 
-def save_checkpoint(payload: dict, path: str | Path) -> Path:
-    """Write ``payload`` (plus format and version) to ``path`` atomically."""
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +44,11 @@ def save_checkpoint(payload: dict, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> Path:
+    """Write ``payload`` (plus format and version) to ``path`` atomically."""
+    return atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 
 def load_checkpoint(path: str | Path, *, kind: str | None = None) -> dict:

@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ from facegan.data import Dataset
 from facegan.errors import FaceganError
 from facegan.losses import Objective, make_objective
 from facegan.models import build_discriminator, build_generator
-from facegan.tracking import RunTracker
+
+if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays out of its imports
+    from facegan.tracking import RunTracker
 
 SAMPLE_KEY = "samples"
 

@@ -1,0 +1,169 @@
+"""Training speed: facegan's steps against a seed-faithful reference loop, side by side.
+
+The reference loop reproduces the seed tutorial's per-minibatch work (our own code, the seed's
+networks and settings): minibatch 20, contiguous memory, every minibatch generates fakes with
+a graph and scores reals and fakes, reads both accuracies back to the host, and backpropagates
+the chosen loss through everything (a D step also computes G's gradients, which are then
+zeroed); WGAN-GP's penalty as the seed computes it. Both loops follow the same sequence of steps
+(5 D steps, then 1 G step) so neither gains from a different mix. facegan runs at its default
+batch size and, for information, at the seed's 20.
+
+Usage:
+    python experiments/bench_train.py [--device auto|cpu|cuda] [--seconds 20] [--losses wgan-gp,...]
+
+Prints a table and, as the last line, a JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch import nn
+
+from facegan.config import load_config
+from facegan.data import synthetic_faces
+from facegan.training import EpochTotals, Schedule, build_gan, select_device
+
+SEED_BATCH = 20
+N_CRITIC = 5
+
+
+class SeedReference:
+    """The seed's per-minibatch work, following a fixed D/G sequence."""
+
+    def __init__(self, loss: str, device: torch.device):
+        from facegan.models import Discriminator, Generator
+
+        self.loss, self.device = loss, device
+        self.g = Generator().to(device)
+        self.d = Discriminator(norm="instance" if loss == "wgan-gp" else "batch").to(device)
+        if loss == "dcgan":
+            self.d = nn.Sequential(self.d, nn.Sigmoid()).to(device)  # the seed's sigmoid + BCE
+        if loss == "dcgan":
+            self.opt_g = torch.optim.Adam(self.g.parameters(), 2e-4, betas=(0.5, 0.999))
+            self.opt_d = torch.optim.Adam(self.d.parameters(), 2e-4, betas=(0.5, 0.999))
+        elif loss == "wgan":
+            self.opt_g = torch.optim.RMSprop(self.g.parameters(), 5e-5)
+            self.opt_d = torch.optim.RMSprop(self.d.parameters(), 5e-5)
+        else:
+            self.opt_g = torch.optim.Adam(self.g.parameters(), 1e-4, betas=(0.0, 0.999))
+            self.opt_d = torch.optim.Adam(self.d.parameters(), 1e-4, betas=(0.0, 0.999))
+        self.last_real_mean = 0.5
+
+    def _penalty(self, real, fake):
+        # As the seed: normal mixing weights, norm over channels, graph kept for backward.
+        rate = torch.randn(real.shape[0], 1, 1, 1, device=self.device).expand_as(real)
+        mixed = rate * real + (1 - rate) * fake
+        scores = self.d(mixed)
+        (grad,) = torch.autograd.grad(scores, mixed, torch.ones_like(scores), create_graph=True, retain_graph=True)
+        return ((grad.norm(2, dim=1) - 1) ** 2).mean() * 10
+
+    def step(self, real: torch.Tensor, train_d: bool) -> None:
+        n = real.shape[0]
+        fake = self.g(torch.randn(n, 128, device=self.device))
+        p_real, p_fake = self.d(real), self.d(fake)
+        if self.loss == "dcgan":
+            acc_g = (p_fake >= 0.5).float().mean().item()
+            acc_d = (((p_fake <= 0.5).float().mean() + (p_real > 0.5).float().mean()) / 2).item()
+        else:
+            acc_g = (p_fake >= self.last_real_mean).float().mean().item()
+            self.last_real_mean = p_real.mean().item()
+            acc_d = (p_real > p_fake).float().mean().item()
+        _ = acc_g / 2 >= acc_d  # the seed's decision, computed every minibatch
+        if train_d:
+            if self.loss == "dcgan":
+                bce = nn.functional.binary_cross_entropy
+                loss = bce(p_fake, torch.zeros_like(p_fake)) + bce(p_real, torch.ones_like(p_real))
+            else:
+                loss = p_fake.mean() - p_real.mean()
+                if self.loss == "wgan-gp":
+                    loss = loss + self._penalty(real, fake)
+            loss.backward()
+            self.opt_d.step()
+            if self.loss == "wgan":
+                for p in self.d.parameters():
+                    p.data.clamp_(-0.1, 0.1)
+        else:
+            if self.loss == "dcgan":
+                loss = nn.functional.binary_cross_entropy(p_fake, torch.ones_like(p_fake))
+            else:
+                loss = -p_fake.mean()
+            loss.backward()
+            self.opt_g.step()
+        self.opt_g.zero_grad()
+        self.opt_d.zero_grad()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(step, batches, device, seconds: float, warmup: int = 2) -> float:
+    """Run ``step`` over the batches (cycling) for about ``seconds``; real images per second."""
+    for i in range(warmup):
+        step(batches[i % len(batches)], i)
+    _sync(device)
+    done, images, started = 0, 0, time.perf_counter()
+    while True:
+        batch = batches[(warmup + done) % len(batches)]
+        step(batch, warmup + done)
+        images += batch.shape[0]
+        done += 1
+        # Whole D/G cycles only, so both loops measure the same mix of steps.
+        if done % (N_CRITIC + 1) == 0:
+            _sync(device)
+            if time.perf_counter() - started >= seconds:
+                return images / (time.perf_counter() - started)
+
+
+def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Tensor) -> dict:
+    torch.manual_seed(0)
+    seed = SeedReference(loss, device)
+    seed_batches = [b.to(device) for b in images.split(SEED_BATCH)]
+    pattern = lambda i: (i % (N_CRITIC + 1)) < N_CRITIC  # noqa: E731  (5 D, 1 G)
+    seed_ips = images_per_second(lambda b, i: seed.step(b, pattern(i)), seed_batches, device, seconds)
+
+    result = {"seed_images_per_s": round(seed_ips, 2)}
+    default_batch = load_config().train.batch_size
+    for label, batch_size in (("facegan", default_batch), ("facegan_batch20", SEED_BATCH)):
+        cfg = load_config(overrides={"train.loss": loss, "train.schedule": "fixed", "train.n_critic": N_CRITIC,
+                                     "train.batch_size": batch_size, "train.device": device.type})
+        torch.manual_seed(0)
+        gan = build_gan(cfg, device)
+        schedule, totals = Schedule("fixed", N_CRITIC), EpochTotals()
+        batches = [b.to(device).contiguous(memory_format=gan.memory_format) for b in images.split(batch_size)]
+        batches = [b for b in batches if b.shape[0] == batch_size]
+        ips = images_per_second(lambda b, i: gan.step(b, schedule, totals), batches, device, seconds)
+        result[f"{label}_images_per_s"] = round(ips, 2)
+        result[f"{label}_batch_size"] = batch_size
+    result["ratio"] = round(result["facegan_images_per_s"] / seed_ips, 3)
+    result["ratio_batch20"] = round(result["facegan_batch20_images_per_s"] / seed_ips, 3)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per loop")
+    parser.add_argument("--losses", default="dcgan,wgan,wgan-gp")
+    parser.add_argument("--num-images", type=int, default=640)
+    args = parser.parse_args()
+    device = select_device(args.device)
+    images = synthetic_faces(args.num_images, 80, seed=0).as_float()
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "torch_threads": torch.get_num_threads()}
+    print(f"{'objective':10} {'seed img/s (b=20)':>18} {'facegan img/s':>22} {'ratio':>7} {'facegan b=20':>13} {'ratio':>7}")
+    for loss in args.losses.split(","):
+        r = bench_loss(loss, device, args.seconds, images)
+        results[loss] = r
+        print(f"{loss:10} {r['seed_images_per_s']:18.1f} {r['facegan_images_per_s']:14.1f} (b={r['facegan_batch_size']:3d}) "
+              f"{r['ratio']:7.2f} {r['facegan_batch20_images_per_s']:13.1f} {r['ratio_batch20']:7.2f}", flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
