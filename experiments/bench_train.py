@@ -129,9 +129,12 @@ def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Te
 
     result = {"seed_images_per_s": round(seed_ips, 2)}
     default_batch = load_config().train.batch_size
-    for label, batch_size in (("facegan", default_batch), ("facegan_batch20", SEED_BATCH)):
+    variants = [("facegan", default_batch, False), ("facegan_batch20", SEED_BATCH, False)]
+    if device.type == "cuda":
+        variants += [("facegan_bf16", default_batch, True), ("facegan_batch256", 256, False)]
+    for label, batch_size, bf16 in variants:
         cfg = load_config(overrides={"train.loss": loss, "train.schedule": "fixed", "train.n_critic": N_CRITIC,
-                                     "train.batch_size": batch_size, "train.device": device.type})
+                                     "train.batch_size": batch_size, "train.device": device.type, "train.bf16": bf16})
         torch.manual_seed(0)
         gan = build_gan(cfg, device)
         schedule, totals = Schedule("fixed", N_CRITIC), EpochTotals()
@@ -142,6 +145,9 @@ def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Te
         result[f"{label}_batch_size"] = batch_size
     result["ratio"] = round(result["facegan_images_per_s"] / seed_ips, 3)
     result["ratio_batch20"] = round(result["facegan_batch20_images_per_s"] / seed_ips, 3)
+    if "facegan_bf16_images_per_s" in result:
+        result["ratio_bf16"] = round(result["facegan_bf16_images_per_s"] / seed_ips, 3)
+        result["ratio_batch256"] = round(result["facegan_batch256_images_per_s"] / seed_ips, 3)
     return result
 
 
@@ -161,7 +167,11 @@ def main():
         r = bench_loss(loss, device, args.seconds, images)
         results[loss] = r
         print(f"{loss:10} {r['seed_images_per_s']:18.1f} {r['facegan_images_per_s']:14.1f} (b={r['facegan_batch_size']:3d}) "
-              f"{r['ratio']:7.2f} {r['facegan_batch20_images_per_s']:13.1f} {r['ratio_batch20']:7.2f}", flush=True)
+              f"{r['ratio']:7.2f} {r['facegan_batch20_images_per_s']:13.1f} {r['ratio_batch20']:7.2f}"
+              + (f"   bf16: {r['facegan_bf16_images_per_s']:.1f} img/s ({r['ratio_bf16']:.2f}x),"
+                 f" b=256: {r['facegan_batch256_images_per_s']:.1f} img/s ({r['ratio_batch256']:.2f}x)"
+                 if "ratio_bf16" in r else ""),
+              flush=True)
     print(json.dumps(results))
 
 

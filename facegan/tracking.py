@@ -118,24 +118,22 @@ class MemoryTracker:
 # MLflow
 
 
-def _quiet_mlflow() -> None:
-    # MLflow prints migration chatter, run URLs and deprecation notices on every call; our CLI
-    # prints what matters itself.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # A lost server otherwise stalls each request for minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    for name in ("mlflow", "alembic", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"mlflow\..*")
-
-
-_quiet_mlflow()
+# Read by MLflow at import: no artifact progress bars; a lost server otherwise stalls each request
+# for minutes of retries.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import mlflow  # noqa: E402  (after the environment above is set)
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunStatus  # noqa: E402
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
+
+# MLflow configures its loggers at import and prints migration chatter, run URLs and
+# deprecation notices; the CLI prints what matters itself.
+for _name in ("mlflow", "alembic", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module=r"mlflow\..*")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -312,3 +310,117 @@ def run_checkpoints(client: MlflowClient, run_id: str) -> list[CheckpointRef]:
             continue
         refs.append(CheckpointRef(int(m.params["epoch"]), m.model_id, m.name))
     return sorted(refs, key=lambda r: r.epoch)
+
+
+def latest_run_id(client: MlflowClient) -> str:
+    """The most recently started training run in any experiment of the store."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string="tags.`facegan.kind` = 'train'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    if not runs:
+        raise FaceganError(f"no facegan training runs in {mlflow.get_tracking_uri()}; train one with `facegan train`")
+    return runs[0].info.run_id
+
+
+def resolve_model(spec: str, tracking_uri: str | None, dest_dir: str | Path) -> Path:
+    """A local generator checkpoint file for ``spec``.
+
+    ``spec`` is a checkpoint file (or a LoggedModel artifact folder), an MLflow model URI
+    (``models:/facegan-generator@best``, ``models:/facegan-generator/3``, ``models:/m-<id>``), or
+    ``runs:/<run_id>`` (the run's last checkpoint) / ``runs:/<run_id>/<epoch>``. Registry and run
+    URIs are downloaded into ``dest_dir``.
+    """
+    path = Path(spec)
+    if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
+        if not path.exists():
+            raise FaceganError(f"model not found: {spec} (give a checkpoint file, models:/NAME@ALIAS or runs:/RUN_ID)")
+        return path / "generator.pt" if path.is_dir() else path
+    client = connect(tracking_uri)
+    if spec.startswith("runs:/"):
+        run_id, _, epoch = spec[len("runs:/"):].strip("/").partition("/")
+        checkpoints = run_checkpoints(client, run_id)
+        if not checkpoints:
+            raise FaceganError(f"run {run_id} has no generator checkpoints")
+        if epoch:
+            chosen = [c for c in checkpoints if str(c.epoch) == epoch.lstrip("0") or str(c.epoch) == epoch]
+            if not chosen:
+                raise FaceganError(f"run {run_id} has no checkpoint at epoch {epoch}; it has "
+                                   + ", ".join(str(c.epoch) for c in checkpoints))
+            spec = f"models:/{chosen[0].model_id}"
+        else:
+            spec = f"models:/{checkpoints[-1].model_id}"
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(dest_dir))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FaceganError(f"cannot load model {spec} from {mlflow.get_tracking_uri()}: {reason}") from None
+    local = Path(local)
+    return local / "generator.pt" if local.is_dir() else local
+
+
+class EvaluationTracker:
+    """What ``facegan evaluate --run`` reads from and writes to a training run.
+
+    Scores are logged per checkpoint as run metrics ``<space>/<name>`` (e.g. ``random/fid``) at
+    ``step=epoch`` and linked to the checkpoint's LoggedModel, so the run's charts show them
+    against epoch beside the losses and the Models tab lists them per checkpoint.
+    """
+
+    def __init__(self, tracking_uri: str | None, run: str):
+        self.client = connect(tracking_uri)
+        self.run_id = latest_run_id(self.client) if run == "latest" else run
+        self.run = get_run(self.client, self.run_id)
+
+    def checkpoints(self) -> list[CheckpointRef]:
+        return run_checkpoints(self.client, self.run_id)
+
+    def download(self, ref: CheckpointRef, dest_dir: Path) -> Path:
+        return resolve_model(f"models:/{ref.model_id}", mlflow.get_tracking_uri(), dest_dir)
+
+    def logged_scores(self, ref: CheckpointRef, space: str) -> dict[str, float] | None:
+        """Scores already logged for this checkpoint in this feature space, or None."""
+        prefix = f"{space}/"
+        metrics = self.client.get_logged_model(ref.model_id).metrics or []
+        scores = {m.key[len(prefix):]: m.value for m in sorted(metrics, key=lambda m: m.timestamp)
+                  if m.key.startswith(prefix)}
+        return scores or None
+
+    def log_scores(self, ref: CheckpointRef, space: str, scores: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{space}/{k}", float(v), now, ref.epoch, model_id=ref.model_id, run_id=self.run_id)
+                   for k, v in scores.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def record(self, space: str, *, table: dict[str, list], figure, best: CheckpointRef,
+               collapse_epoch: int | None, register_name: str | None, summary: dict) -> str | None:
+        """Tag the run, log the ranking table and plot, register the chosen generator.
+
+        Returns the registered model URI (``models:/NAME@best``), or None when not registering.
+        """
+        tags = {
+            "facegan.best_epoch": str(best.epoch),
+            "facegan.collapse_epoch": "none" if collapse_epoch is None else str(collapse_epoch),
+            "facegan.best_model_id": best.model_id,
+            "facegan.evaluation_features": space,
+        }
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+        self.client.log_table(self.run_id, data=table, artifact_file=f"evaluation/{space}_ranking.json")
+        self.client.log_figure(self.run_id, figure, f"evaluation/{space}_scores.png")
+        self.client.log_dict(self.run_id, summary, f"evaluation/{space}_summary.json")
+        if not register_name:
+            return None
+        return register_generator(self.client, best, register_name, self.run_id)
+
+
+def register_generator(client: MlflowClient, ref: CheckpointRef, name: str, run_id: str) -> str:
+    """Register a checkpoint's LoggedModel under ``name`` and point the alias ``best`` at it."""
+    try:
+        current = client.get_model_version_by_alias(name, "best")
+    except MlflowException:
+        current = None
+    if current is not None and current.model_id == ref.model_id:
+        return f"models:/{name}@best"  # already the registered choice: no new version
+    version = mlflow.register_model(f"models:/{ref.model_id}", name, tags={"epoch": str(ref.epoch), "run_id": run_id})
+    client.set_registered_model_alias(name, "best", version.version)
+    return f"models:/{name}@best"

@@ -49,9 +49,10 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
+        # The fused CUDA kernel updates every tensor in one launch; small GANs are launch-bound.
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     return torch.optim.RMSprop(params, lr=lr)
 
 
@@ -70,11 +71,15 @@ def images_to_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
 
 
 def _cpu_state(module_or_opt) -> dict:
-    """A detached CPU copy of a state_dict (a live state_dict aliases the training tensors)."""
+    """A detached CPU copy of a state_dict (a live state_dict aliases the training tensors).
+
+    Strides are kept: optimiser moments must keep their parameters' (channels-last) layout, which
+    the fused CUDA Adam checks on resume.
+    """
 
     def copy(value):
         if isinstance(value, torch.Tensor):
-            return value.detach().to("cpu", copy=True).contiguous()
+            return value.detach().to("cpu", copy=True)
         if isinstance(value, dict):
             return {k: copy(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -161,7 +166,9 @@ class GAN:
     def _generate(self, n: int, device) -> torch.Tensor:
         z = torch.randn(n, self.latent_dim, device=device)
         with self.autocast():
-            return self.generator(z).contiguous(memory_format=self.memory_format)
+            fake = self.generator(z)
+        # float32 like the real images: the penalty mixes both, and D's autocast casts anyway.
+        return fake.float().contiguous(memory_format=self.memory_format)
 
     def _score(self, images: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -237,6 +244,8 @@ def build_gan(cfg: Config, device: torch.device) -> GAN:
     discriminator = build_discriminator(net).to(device=device, memory_format=memory_format)
     if t.bf16 and device.type != "cuda":
         raise FaceganError("train.bf16 needs a CUDA device (bf16 autocast on the CPU is slower, not faster)")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if t.bf16 else nullcontext()
@@ -244,8 +253,8 @@ def build_gan(cfg: Config, device: torch.device) -> GAN:
     return GAN(
         generator=generator,
         discriminator=discriminator,
-        opt_g=make_optimizer(generator.parameters(), t, t.lr_g),
-        opt_d=make_optimizer(discriminator.parameters(), t, t.lr_d),
+        opt_g=make_optimizer(generator.parameters(), t, t.lr_g, device),
+        opt_d=make_optimizer(discriminator.parameters(), t, t.lr_d, device),
         objective=make_objective(t.loss, gp_weight=t.gp_weight, clip_value=t.clip_value),
         latent_dim=net.latent_dim,
         autocast=autocast,

@@ -1,0 +1,249 @@
+"""Where mode collapse starts in a run, and which checkpoint to keep.
+
+Pure functions on per-checkpoint scores (dicts from :func:`evaluation.metrics.score` plus an
+``"epoch"``), ordered by epoch, and the chance levels from
+:func:`evaluation.metrics.calibrate_noise`.
+
+The rule, in plain words:
+
+1. Every checkpoint is compared with the best scores of the checkpoints before it.
+   It shows a **drop** when
+
+   - its coverage is below the best earlier coverage by more than the coverage tolerance, or
+   - its diversity is below the best earlier diversity by more than the diversity tolerance, or
+   - its duplicate share is above the real data's chance level by more than the duplicate margin.
+
+   A tolerance is the larger of three times the spread that the score shows by chance on the real
+   data at this sample size and a fixed floor (coverage 0.05, diversity 0.10, duplicate share
+   0.10), because checkpoints also differ from each other by more than sampling noise.
+   Diversity counts up to 1 (more spread than the real data is not better), and the best earlier
+   diversity only counts checkpoints whose coverage was within the coverage tolerance of the best
+   coverage so far, this one included: an untrained generator's noise can look diverse while
+   covering nothing.
+2. A drop is **collapse** when it lasts: ``patience`` consecutive checkpoints (default 2) all show
+   a drop, or the drops reach the last checkpoint. Each checkpoint of such a stretch is marked
+   collapsed; a single dip that recovers at the next checkpoint is not.
+3. The **onset** is the first collapsed checkpoint. Only falls from the best so far count, so
+   early checkpoints that are still learning (low but rising scores) are never collapse.
+
+The **choice** (:func:`choose_best`) is the checkpoint with the lowest FID before the onset (all
+checkpoints when there is none), skipping checkpoints that themselves show a drop. Checkpoints
+whose KID differs from that one's by less than their combined KID noise
+(``sqrt(kid_std_a² + kid_std_b²)``) are a tie; among ties the higher coverage wins, so the
+choice leans to the checkpoint that misses fewer faces. When the onset is the very first
+checkpoint there is nothing before it: the choice is then the best FID of all checkpoints, and
+its reason says so.
+
+Example:
+    >>> noise = {"coverage_std": 0.01, "diversity_std": 0.02,
+    ...          "duplicate_share_mean": 0.01, "duplicate_share_std": 0.005}
+    >>> runs = [(100, 0.50, 0.6, 90.0), (200, 0.80, 0.9, 40.0), (300, 0.82, 0.9, 35.0),
+    ...         (400, 0.50, 0.4, 60.0), (500, 0.40, 0.3, 80.0)]  # epoch, coverage, diversity, FID
+    >>> checkpoints = [{"epoch": e, "coverage": c, "diversity": d, "duplicate_share": 0.01,
+    ...                 "fid": f, "kid": f / 1000, "kid_std": 0.001} for e, c, d, f in runs]
+    >>> result = detect_collapse(checkpoints, noise)
+    >>> result.onset_epoch, choose_best(checkpoints, result).epoch
+    (400, 300)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+__all__ = ["Choice", "CollapseResult", "choose_best", "detect_collapse"]
+
+_DETECT_KEYS = ("epoch", "coverage", "diversity", "duplicate_share")
+_CHOICE_KEYS = ("epoch", "fid", "kid", "kid_std", "coverage")
+_NOISE_KEYS = ("coverage_std", "diversity_std", "duplicate_share_mean", "duplicate_share_std")
+
+
+@dataclass(frozen=True)
+class CollapseResult:
+    """Outcome of :func:`detect_collapse`, one entry per checkpoint in the given order.
+
+    Attributes:
+        epochs: the checkpoints' epochs.
+        collapsed: whether each checkpoint is part of a sustained drop.
+        drops: why each checkpoint shows a drop (empty list: it does not), e.g.
+            ``["coverage 0.412 < best 0.800 - 0.050"]``.
+        onset_epoch: the first collapsed checkpoint's epoch, or None.
+        thresholds: every number the rule used, for the output and the README.
+    """
+
+    epochs: list[int]
+    collapsed: list[bool]
+    drops: list[list[str]]
+    onset_epoch: int | None
+    thresholds: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict of all fields."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Outcome of :func:`choose_best`.
+
+    Attributes:
+        epoch: the chosen checkpoint's epoch.
+        reason: one sentence for users saying how it was chosen.
+        tied_epochs: candidates tied with the lowest FID within KID noise (the chosen one included).
+    """
+
+    epoch: int
+    reason: str
+    tied_epochs: list[int]
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict of all fields."""
+        return asdict(self)
+
+
+def _check_checkpoints(checkpoints: Sequence[Mapping], keys: tuple[str, ...]) -> None:
+    if not checkpoints:
+        raise ValueError("no checkpoints given")
+    for position, checkpoint in enumerate(checkpoints):
+        missing = [key for key in keys if key not in checkpoint]
+        if missing:
+            raise ValueError(f"checkpoint {position} lacks {missing}")
+        if not all(math.isfinite(checkpoint[key]) for key in keys):
+            raise ValueError(f"checkpoint at epoch {checkpoint['epoch']} has a non-finite score")
+    epochs = [checkpoint["epoch"] for checkpoint in checkpoints]
+    if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
+        raise ValueError(f"checkpoints must be in increasing epoch order, got {epochs}")
+
+
+def detect_collapse(
+    checkpoints: Sequence[Mapping[str, float]],
+    noise: Mapping[str, float],
+    *,
+    patience: int = 2,
+    sigmas: float = 3.0,
+    coverage_floor: float = 0.05,
+    diversity_floor: float = 0.10,
+    duplicate_floor: float = 0.10,
+) -> CollapseResult:
+    """Flag collapsed checkpoints and find the onset (rule in the module docstring).
+
+    Args:
+        checkpoints: per-checkpoint scores in increasing epoch order, each with at least
+            ``epoch``, ``coverage``, ``diversity`` and ``duplicate_share``.
+        noise: chance levels from :func:`evaluation.metrics.calibrate_noise`; needs
+            ``coverage_std``, ``diversity_std``, ``duplicate_share_mean`` and
+            ``duplicate_share_std``.
+        patience: consecutive checkpoints a drop must last to count as collapse.
+        sigmas: how many chance standard deviations a drop must exceed.
+        coverage_floor: smallest coverage fall that counts.
+        diversity_floor: smallest diversity fall that counts.
+        duplicate_floor: smallest rise of the duplicate share above chance that counts.
+
+    Returns:
+        A :class:`CollapseResult`.
+    """
+    if patience < 1:
+        raise ValueError(f"patience must be at least 1, got {patience}")
+    missing = [key for key in _NOISE_KEYS if key not in noise]
+    if missing:
+        raise ValueError(f"noise calibration lacks {missing}")
+    _check_checkpoints(checkpoints, _DETECT_KEYS)
+
+    coverage_tolerance = max(sigmas * noise["coverage_std"], coverage_floor)
+    diversity_tolerance = max(sigmas * noise["diversity_std"], diversity_floor)
+    duplicate_limit = noise["duplicate_share_mean"] + max(sigmas * noise["duplicate_share_std"], duplicate_floor)
+
+    drops: list[list[str]] = []
+    for index, checkpoint in enumerate(checkpoints):
+        earlier = checkpoints[:index]
+        reasons = []
+        if checkpoint["duplicate_share"] > duplicate_limit:
+            reasons.append(f"duplicate share {checkpoint['duplicate_share']:.3f} > {duplicate_limit:.3f}")
+        if earlier:
+            best_coverage = max(c["coverage"] for c in earlier)
+            if checkpoint["coverage"] < best_coverage - coverage_tolerance:
+                reasons.append(
+                    f"coverage {checkpoint['coverage']:.3f} < best {best_coverage:.3f} - {coverage_tolerance:.3f}"
+                )
+            frontier = max(best_coverage, checkpoint["coverage"]) - coverage_tolerance
+            comparable = [min(c["diversity"], 1.0) for c in earlier if c["coverage"] >= frontier]
+            diversity = min(checkpoint["diversity"], 1.0)
+            if comparable and diversity < max(comparable) - diversity_tolerance:
+                reasons.append(
+                    f"diversity {diversity:.3f} < best {max(comparable):.3f} - {diversity_tolerance:.3f}"
+                )
+        drops.append(reasons)
+
+    collapsed = [False] * len(checkpoints)
+    start = 0
+    while start < len(checkpoints):
+        if not drops[start]:
+            start += 1
+            continue
+        end = start
+        while end < len(checkpoints) and drops[end]:
+            end += 1
+        if end - start >= patience or end == len(checkpoints):
+            collapsed[start:end] = [True] * (end - start)
+        start = end
+
+    epochs = [int(c["epoch"]) for c in checkpoints]
+    onset = next((epoch for epoch, flag in zip(epochs, collapsed) if flag), None)
+    thresholds = {
+        "patience": patience,
+        "sigmas": sigmas,
+        "coverage_tolerance": coverage_tolerance,
+        "diversity_tolerance": diversity_tolerance,
+        "duplicate_share_limit": duplicate_limit,
+        "coverage_floor": coverage_floor,
+        "diversity_floor": diversity_floor,
+        "duplicate_floor": duplicate_floor,
+        **{f"noise_{key}": float(noise[key]) for key in _NOISE_KEYS},
+    }
+    return CollapseResult(epochs=epochs, collapsed=collapsed, drops=drops, onset_epoch=onset, thresholds=thresholds)
+
+
+def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseResult) -> Choice:
+    """Pick the checkpoint to keep: lowest FID before the onset, KID ties to higher coverage.
+
+    Args:
+        checkpoints: the same sequence given to :func:`detect_collapse`, each also with ``fid``,
+            ``kid`` and ``kid_std``.
+        collapse: its result.
+
+    Returns:
+        A :class:`Choice` with the epoch and the reason in words.
+    """
+    _check_checkpoints(checkpoints, _CHOICE_KEYS)
+    if [int(c["epoch"]) for c in checkpoints] != collapse.epochs:
+        raise ValueError("checkpoints do not match the collapse result")
+
+    drops = dict(zip(collapse.epochs, collapse.drops))
+    onset = collapse.onset_epoch
+    if onset is None:
+        pool, scope = list(checkpoints), "of all checkpoints (no collapse detected)"
+    elif onset == collapse.epochs[0]:
+        pool = list(checkpoints)
+        scope = f"of all checkpoints: collapse was detected from the first one (epoch {onset}), so none precedes it"
+    else:
+        pool = [c for c in checkpoints if c["epoch"] < onset]
+        scope = f"before the collapse onset at epoch {onset}"
+    steady = [c for c in pool if not drops[c["epoch"]]]
+    if steady and len(steady) < len(pool):
+        scope += ", skipping checkpoints with a transient drop"
+    pool = steady or pool
+
+    lowest = min(pool, key=lambda c: c["fid"])
+    tied = [
+        c for c in pool
+        if abs(c["kid"] - lowest["kid"]) < math.hypot(c["kid_std"], lowest["kid_std"]) or c is lowest
+    ]
+    chosen = max(tied, key=lambda c: (c["coverage"], -c["fid"]))
+    reason = f"lowest FID ({lowest['fid']:.4g}, epoch {lowest['epoch']}) {scope}"
+    if chosen is not lowest:
+        reason += (
+            f"; epoch {chosen['epoch']} is tied with it within KID noise and has higher coverage "
+            f"({chosen['coverage']:.3f} vs {lowest['coverage']:.3f})"
+        )
+    return Choice(epoch=int(chosen["epoch"]), reason=reason, tied_epochs=[int(c["epoch"]) for c in tied])

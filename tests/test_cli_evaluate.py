@@ -1,0 +1,160 @@
+"""End to end: `facegan evaluate` on a real training run (sqlite store) and on sample folders."""
+
+import json
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from conftest import TINY_TRAIN, assert_clean_error, run_id_of
+from facegan.data import SYNTHETIC_ATTRIBUTES, render_faces, synthetic_faces
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tracking_uri, tmp_path_factory):
+    """A tiny 4-epoch run with a checkpoint every epoch."""
+    import subprocess
+
+    from conftest import FACEGAN
+
+    cwd = tmp_path_factory.mktemp("train")
+    proc = subprocess.run([FACEGAN, "train", *TINY_TRAIN, "--epochs", "4", "--checkpoint-every", "1",
+                           "--experiment", "e2e-evaluate", "--tracking-uri", tracking_uri],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return run_id_of(proc)
+
+
+def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_uri, trained_run, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
+    env = {"FACEGAN_CACHE_DIR": str(tmp_path / "cache")}
+    proc = cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40,
+               "--json", "out.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["features"] == "random"
+    assert [c["epoch"] for c in result["checkpoints"]] == [1, 2, 3, 4]
+    for c in result["checkpoints"]:
+        for key in ("fid", "kid", "coverage", "diversity", "precision", "recall", "collapsed"):
+            assert key in c
+    assert result["best_epoch"] in (1, 2, 3, 4)
+    assert result["collapse_epoch"] is None or result["collapse_epoch"] in (1, 2, 3, 4)
+    assert "not comparable with published FIDs" in proc.stdout
+    assert "<- best" in proc.stdout
+
+    client = MlflowClient(tracking_uri)
+    history = client.get_metric_history(trained_run, "random/fid")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    by_epoch = {c["epoch"]: c for c in result["checkpoints"]}
+    for metric in history:
+        assert metric.value == pytest.approx(by_epoch[metric.step]["fid"])
+        model = client.get_logged_model(metric.model_id)
+        assert model.params["epoch"] == str(metric.step)
+        assert {m.key for m in model.metrics} >= {"random/fid", "random/diversity", "random/coverage"}
+    tags = client.get_run(trained_run).data.tags
+    assert tags["facegan.best_epoch"] == str(result["best_epoch"])
+    assert tags["facegan.collapse_epoch"] == str(result["collapse_epoch"] or "none")
+    artifacts = {a.path for a in client.list_artifacts(trained_run, "evaluation")}
+    assert {"evaluation/random_ranking.json", "evaluation/random_scores.png"} <= artifacts
+    version = client.get_model_version_by_alias("facegan-generator", "best")
+    assert client.get_logged_model(version.model_id).params["epoch"] == str(result["best_epoch"])
+
+    # Idempotent: a second call scores nothing again; --force does.
+    cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40,
+        "--tracking-uri", tracking_uri, "--quiet", env=env)
+    assert len(client.get_metric_history(trained_run, "random/fid")) == 4
+    cli("evaluate", "--run", "latest", "--features", "random", "--num-samples", 40, "--force",
+        "--tracking-uri", tracking_uri, "--quiet", env=env)
+    assert len(client.get_metric_history(trained_run, "random/fid")) == 8
+
+    # The registered choice feeds `facegan generate`.
+    out = tmp_path / "faces"
+    cli("generate", "--model", "models:/facegan-generator@best", "-n", 4, "--out", out,
+        "--tracking-uri", tracking_uri)
+    assert len(list(out.glob("0*.png"))) == 4
+
+
+def write_folder(folder, images):
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(np.transpose(image, (1, 2, 0))).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Real faces and per-epoch sample folders with a planted collapse and planted mode dropping.
+
+    Epochs 1-4 hold distinct faces of all kinds (a different seed from the real set); from
+    epoch 5 the "collapse" folders repeat 4 distinct faces, the "dropping" folders hold distinct
+    faces from only 2 of the 96 attribute combinations.
+    """
+    root = tmp_path_factory.mktemp("planted")
+    real = synthetic_faces(300, 32, seed=0)
+    write_folder(root / "real", real.images.numpy())
+    rng = np.random.default_rng(1)
+    for name in ("collapse", "dropping"):
+        for epoch in range(1, 5):
+            write_folder(root / name / str(epoch * 10), synthetic_faces(150, 32, seed=100 + epoch).images.numpy())
+    for epoch in (50, 60, 70):
+        few = synthetic_faces(4, 32, seed=200 + epoch).images.numpy()
+        write_folder(root / "collapse" / str(epoch), np.repeat(few, 38, axis=0)[:150])
+        attributes = {name: rng.integers(0, 2, 150) if name == "skin" else np.zeros(150, int)
+                      for name in SYNTHETIC_ATTRIBUTES}
+        write_folder(root / "dropping" / str(epoch), render_faces(attributes, 32, rng))
+    (root / "collapse" / "notes").mkdir()
+    (root / "collapse" / "80").mkdir()  # an empty epoch folder
+    return root
+
+
+@pytest.mark.parametrize("kind", ["collapse", "dropping"])
+def test_samples_mode_finds_the_planted_onset(cli, planted, tmp_path, kind):
+    proc = cli("evaluate", "--samples", planted / kind, "--real", planted / "real", "--features", "random",
+               "--json", "out.json", "--quiet", env={"FACEGAN_CACHE_DIR": str(tmp_path / "cache")})
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["collapse_epoch"] == 50, proc.stdout
+    assert result["best_epoch"] in (10, 20, 30, 40)
+    scores = {c["epoch"]: c for c in result["checkpoints"]}
+    if kind == "collapse":
+        assert scores[50]["duplicate_share"] > 0.9 > scores[40]["duplicate_share"]
+        assert "ignoring" in proc.stderr and "notes" in proc.stderr
+        assert any("80" in s["checkpoint"] for s in result["skipped"])
+    else:
+        assert scores[50]["coverage"] < scores[40]["coverage"] - 0.2
+        assert scores[50]["recall"] < scores[40]["recall"]
+        assert scores[50]["precision"] > 0.5 * scores[40]["precision"]
+
+
+def test_real_features_are_cached_on_disk(cli, planted, tmp_path):
+    env = {"FACEGAN_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("evaluate", "--samples", planted / "collapse", "--real", planted / "real", "--features", "random", "--quiet")
+    first = cli(*args, env=env).stdout
+    cached = list((tmp_path / "cache" / "real-features").glob("*.npz"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert cli(*args, env=env).stdout == first
+    assert cached[0].stat().st_mtime_ns == stamp  # read, not rewritten
+
+
+def test_bad_evaluate_input_is_one_clear_error(cli, tracking_uri, planted, tmp_path):
+    def check(args, message):
+        assert_clean_error(cli("evaluate", *map(str, args), "--quiet", check=False), message)
+
+    check(["--run", "0123456789abcdef", "--tracking-uri", tracking_uri], r"no MLflow run with id")
+    check(["--samples", tmp_path / "missing", "--real", planted / "real"], r"no such folder")
+    check(["--samples", planted / "collapse"], r"--samples needs --real")
+    check([], r"give either --run")
+    empty = tmp_path / "empty"
+    (empty / "5").mkdir(parents=True)
+    check(["--samples", empty, "--real", planted / "real", "--features", "random"], r"no sample folder .* could be scored")
+    few = tmp_path / "few"
+    write_folder(few / "1", synthetic_faces(3, 32, seed=9).images.numpy())
+    check(["--samples", few, "--real", planted / "real", "--features", "random"], r"metrics need at least")
+    check(["--samples", planted / "collapse", "--real", planted / "real", "--features", "nope"], r"unknown feature space")
+
+    # A run without checkpoints.
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment("e2e-empty"))
+    check(["--run", run.info.run_id, "--tracking-uri", tracking_uri], r"has no generator checkpoints")

@@ -1,0 +1,169 @@
+"""The collapse rule and the choice on constructed metric sequences."""
+
+import doctest
+
+import pytest
+
+from evaluation import collapse
+from evaluation.collapse import choose_best, detect_collapse
+
+# Tolerances these give: coverage max(3 * 0.01, 0.05) = 0.05, diversity max(3 * 0.02, 0.10) = 0.10,
+# duplicate limit 0.01 + max(3 * 0.005, 0.10) = 0.11.
+NOISE = {
+    "coverage_std": 0.01,
+    "diversity_std": 0.02,
+    "duplicate_share_mean": 0.01,
+    "duplicate_share_std": 0.005,
+}
+
+
+def run(coverage, diversity=None, duplicates=None, fid=None, kid=None, kid_std=0.001):
+    """Checkpoints at epochs 100, 200, ... from per-checkpoint score lists."""
+    n = len(coverage)
+    diversity = diversity or [0.9] * n
+    duplicates = duplicates or [0.01] * n
+    fid = fid or [100.0 * (1.0 - c) + 10.0 for c in coverage]
+    kid = kid or [f / 1000.0 for f in fid]
+    return [
+        {
+            "epoch": 100 * (i + 1), "coverage": coverage[i], "diversity": diversity[i],
+            "duplicate_share": duplicates[i], "fid": fid[i], "kid": kid[i], "kid_std": kid_std,
+        }
+        for i in range(n)
+    ]
+
+
+def test_rise_then_plateau_is_not_collapse():
+    coverage = [0.05, 0.2, 0.45, 0.7, 0.8, 0.82, 0.81, 0.8, 0.82]
+    checkpoints = run(coverage, [0.2, 0.4, 0.6, 0.8, 0.9, 0.9, 0.88, 0.9, 0.89])
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch is None
+    assert not any(result.collapsed) and not any(result.drops)
+    assert choose_best(checkpoints, result).epoch == 600  # highest coverage = lowest FID here
+
+
+def test_rise_then_collapse_has_onset_at_the_first_drop():
+    checkpoints = run([0.3, 0.6, 0.8, 0.82, 0.6, 0.4, 0.3], [0.5, 0.8, 0.9, 0.9, 0.6, 0.4, 0.3])
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch == 500
+    assert result.collapsed == [False] * 4 + [True] * 3
+    assert "coverage 0.600 < best 0.820 - 0.050" in result.drops[4]
+    assert choose_best(checkpoints, result).epoch == 400
+
+
+def test_partial_recovery_keeps_the_onset_and_chooses_before_it():
+    coverage = [0.3, 0.7, 0.8, 0.55, 0.5, 0.7, 0.72]
+    fid = [80, 40, 30, 50, 55, 29, 28]  # the recovered tail even has a lower FID
+    checkpoints = run(coverage, fid=fid)
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch == 400
+    assert result.collapsed == [False, False, False, True, True, True, True]
+    assert choose_best(checkpoints, result).epoch == 300
+
+
+def test_noise_within_tolerance_is_not_collapse():
+    coverage = [0.80, 0.83, 0.79, 0.81, 0.785, 0.82, 0.79]  # never more than 0.05 below the best
+    diversity = [0.95, 0.90, 0.97, 0.91, 0.88, 0.94, 0.89]  # never more than 0.10 below the best
+    result = detect_collapse(run(coverage, diversity), NOISE)
+    assert result.onset_epoch is None and not any(result.drops)
+
+
+def test_a_single_dip_that_recovers_is_not_collapse():
+    checkpoints = run([0.5, 0.8, 0.82, 0.6, 0.81, 0.82])
+    result = detect_collapse(checkpoints, NOISE, patience=2)
+    assert result.onset_epoch is None
+    assert result.drops[3] and not result.collapsed[3]
+    # The dipped checkpoint is never chosen, even with the lowest FID.
+    checkpoints[3]["fid"] = 1.0
+    assert choose_best(checkpoints, result).epoch != 400
+    assert detect_collapse(checkpoints, NOISE, patience=1).onset_epoch == 400
+
+
+def test_a_drop_at_the_last_checkpoint_is_collapse():
+    result = detect_collapse(run([0.5, 0.8, 0.82, 0.6]), NOISE, patience=3)
+    assert result.onset_epoch == 400
+
+
+def test_duplicate_spike_is_collapse_even_with_coverage_kept():
+    checkpoints = run([0.5, 0.8, 0.82, 0.81, 0.82], duplicates=[0.01, 0.02, 0.01, 0.4, 0.6])
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch == 400
+    assert "duplicate share 0.400 > 0.110" in result.drops[3]
+
+
+def test_diversity_fall_alone_is_collapse():
+    result = detect_collapse(run([0.6, 0.8, 0.8, 0.79, 0.8], [0.7, 0.9, 0.92, 0.6, 0.5]), NOISE)
+    assert result.onset_epoch == 400
+
+
+def test_untrained_noise_that_looks_diverse_does_not_set_the_bar():
+    # Epoch 100 is noise: "diversity" far above the real data's, coverage zero. Learned faces
+    # afterwards are less spread, but that is learning, not collapse.
+    result = detect_collapse(run([0.0, 0.5, 0.7, 0.8], [1.8, 0.7, 0.75, 0.8]), NOISE)
+    assert result.onset_epoch is None and not any(result.drops)
+
+
+def test_chance_noise_widens_the_tolerance():
+    noisy = dict(NOISE, coverage_std=0.05)  # tolerance 0.15 instead of 0.05
+    checkpoints = run([0.5, 0.8, 0.82, 0.7, 0.7])
+    assert detect_collapse(checkpoints, NOISE).onset_epoch == 400
+    result = detect_collapse(checkpoints, noisy)
+    assert result.onset_epoch is None
+    assert result.thresholds["coverage_tolerance"] == pytest.approx(0.15)
+
+
+def test_thresholds_are_recorded():
+    thresholds = detect_collapse(run([0.5, 0.8]), NOISE).thresholds
+    assert thresholds["coverage_tolerance"] == pytest.approx(0.05)
+    assert thresholds["diversity_tolerance"] == pytest.approx(0.10)
+    assert thresholds["duplicate_share_limit"] == pytest.approx(0.11)
+    assert thresholds["patience"] == 2 and thresholds["noise_coverage_std"] == 0.01
+
+
+def test_choice_ties_within_kid_noise_go_to_higher_coverage():
+    coverage = [0.5, 0.75, 0.8, 0.78, 0.5, 0.4]
+    fid = [60.0, 31.0, 32.0, 30.0, 50.0, 60.0]
+    kid = [0.060, 0.0301, 0.0305, 0.0300, 0.05, 0.06]  # 200-400 within sqrt(2) * 0.001
+    checkpoints = run(coverage, fid=fid, kid=kid, kid_std=0.001)
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch == 500
+    choice = choose_best(checkpoints, result)
+    assert choice.epoch == 300
+    assert sorted(choice.tied_epochs) == [200, 300, 400]
+    assert "higher coverage" in choice.reason and "epoch 500" in choice.reason
+
+
+def test_choice_without_ties_is_the_lowest_fid():
+    checkpoints = run([0.5, 0.75, 0.8, 0.78], fid=[60.0, 31.0, 32.0, 30.0], kid_std=0.0001)
+    assert choose_best(checkpoints, detect_collapse(checkpoints, NOISE)).epoch == 400
+
+
+def test_onset_at_the_first_checkpoint_chooses_among_all_and_says_so():
+    checkpoints = run([0.8, 0.8, 0.8], duplicates=[0.5, 0.5, 0.5], fid=[40.0, 30.0, 35.0])
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch == 100
+    choice = choose_best(checkpoints, result)
+    assert choice.epoch == 200
+    assert "from the first one" in choice.reason
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="increasing epoch"):
+        detect_collapse(run([0.5, 0.6])[::-1], NOISE)
+    with pytest.raises(ValueError, match="lacks"):
+        detect_collapse([{"epoch": 1, "coverage": 0.5}], NOISE)
+    with pytest.raises(ValueError, match="noise calibration lacks"):
+        detect_collapse(run([0.5]), {"coverage_std": 0.1})
+    with pytest.raises(ValueError, match="do not match"):
+        choose_best(run([0.5, 0.6]), detect_collapse(run([0.5, 0.6, 0.7]), NOISE))
+
+
+def test_result_serialises_to_plain_data():
+    result = detect_collapse(run([0.5, 0.8, 0.4, 0.3]), NOISE)
+    data = result.to_dict()
+    assert data["onset_epoch"] == 300 and data["collapsed"] == [False, False, True, True]
+    assert choose_best(run([0.5, 0.8, 0.4, 0.3]), result).to_dict()["epoch"] == 200
+
+
+def test_docstring_example_runs():
+    assert doctest.testmod(collapse).failed == 0
