@@ -18,6 +18,7 @@ end is written to a local JSON file (nothing is lost).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from facegan.errors import FaceganError
 
@@ -162,6 +164,24 @@ class MlflowRunTracker:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self._pending: list[Metric] = []
         self._warned = False
+        # Where what MLflow could not take is kept (created on first use).
+        self.fallback_dir = Path(f"facegan-unsent-{run_id}")
+
+    def _warn_once(self, what: str, exc: Exception) -> None:
+        if not self._warned:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"warning: MLflow did not take {what} ({reason}); training goes on, and what cannot "
+                  f"be sent is kept in {self.fallback_dir}/", file=sys.stderr)
+            self._warned = True
+
+    def _keep_locally(self, source: Path | None, name: str, data: bytes | None = None) -> Path:
+        self.fallback_dir.mkdir(parents=True, exist_ok=True)
+        target = self.fallback_dir / name
+        if source is not None:
+            shutil.copyfile(source, target)
+        else:
+            target.write_bytes(data)
+        return target
 
     @classmethod
     def start(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None) -> "MlflowRunTracker":
@@ -208,21 +228,31 @@ class MlflowRunTracker:
         if not self._pending:
             return True
         try:
-            for i in range(0, len(self._pending), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
+            while self._pending:  # sent in MLflow's batch size; what went through is dropped
+                self.client.log_batch(self.run_id, metrics=self._pending[:1000])
+                del self._pending[:1000]
         except Exception as exc:
-            if not self._warned:
-                print(f"warning: MLflow did not take metrics ({str(exc).splitlines()[0]}); "
-                      "keeping them and retrying; training goes on", file=sys.stderr)
-                self._warned = True
+            self._warn_once("metrics", exc)
             return False
-        self._pending.clear()
         return True
 
     def log_image(self, key, image, step):
-        self.client.log_image(self.run_id, np.asarray(image), key=key, step=step, synchronous=True)
+        try:
+            self.client.log_image(self.run_id, np.asarray(image), key=key, step=step, synchronous=True)
+        except Exception as exc:
+            self._warn_once("a sample grid", exc)
+            buffer = io.BytesIO()
+            Image.fromarray(np.asarray(image)).save(buffer, format="PNG")
+            self._keep_locally(None, f"{key}-step-{step:06d}.png", buffer.getvalue())
 
     def log_checkpoint(self, path, epoch):
+        try:
+            return self._log_checkpoint(path, epoch)
+        except Exception as exc:
+            self._warn_once("a checkpoint", exc)
+            return str(self._keep_locally(Path(path), f"{checkpoint_name(epoch)}.pt"))
+
+    def _log_checkpoint(self, path, epoch):
         model = self.client.create_logged_model(
             self.experiment_id,
             name=checkpoint_name(epoch),
@@ -241,9 +271,13 @@ class MlflowRunTracker:
         return {c.epoch for c in run_checkpoints(self.client, self.run_id)}
 
     def save_resume_state(self, path):
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / Path(RESUME_ARTIFACT).name)
-            self.client.log_artifacts(self.run_id, tmp, artifact_path=str(Path(RESUME_ARTIFACT).parent))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copyfile(path, Path(tmp) / Path(RESUME_ARTIFACT).name)
+                self.client.log_artifacts(self.run_id, tmp, artifact_path=str(Path(RESUME_ARTIFACT).parent))
+        except Exception as exc:
+            self._warn_once("the resume state", exc)
+            self._keep_locally(Path(path), "resume-state.pt")
 
     def fetch_resume_state(self, dest_dir):
         try:
@@ -266,8 +300,7 @@ class MlflowRunTracker:
 
     def finish(self, status):
         if not self._flush():
-            out = Path(f"facegan-unsent-metrics-{self.run_id}.json")
-            out.write_text(json.dumps([m.to_dictionary() for m in self._pending]))
+            out = self._keep_locally(None, "metrics.json", json.dumps([m.to_dictionary() for m in self._pending]).encode())
             print(f"warning: {len(self._pending)} metrics could not reach MLflow; saved in {out}", file=sys.stderr)
         try:
             self.client.set_terminated(self.run_id, status=status)

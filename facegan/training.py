@@ -163,6 +163,10 @@ class GAN:
     autocast: object = field(default_factory=lambda: nullcontext)
     memory_format: torch.memory_format = torch.contiguous_format
 
+    def __post_init__(self):
+        self.g_params = list(self.generator.parameters())
+        self.d_params = list(self.discriminator.parameters())
+
     def _generate(self, n: int, device) -> torch.Tensor:
         z = torch.randn(n, self.latent_dim, device=device)
         with self.autocast():
@@ -184,7 +188,7 @@ class GAN:
         self.opt_d.zero_grad(set_to_none=True)
         # When the fakes still hang on G's graph, restrict backward to D's weights: G's
         # gradients would be computed only to be thrown away.
-        loss.backward(inputs=list(self.discriminator.parameters()) if graph_into_g else None)
+        loss.backward(inputs=self.d_params if graph_into_g else None)
         self.opt_d.step()
         self.objective.after_d_step(self.discriminator)
         totals.loss_d = totals.loss_d + loss.detach()
@@ -193,7 +197,7 @@ class GAN:
     def g_step(self, scores_fake, totals: EpochTotals):
         loss = self.objective.g_loss(scores_fake)
         self.opt_g.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(self.generator.parameters()))
+        loss.backward(inputs=self.g_params)
         self.opt_g.step()
         totals.loss_g = totals.loss_g + loss.detach()
         totals.g_steps += 1
@@ -227,8 +231,8 @@ class GAN:
         else:  # adaptive: score first, then decide (the seed's rule)
             fake = self._generate(n, real.device)
             scores_real, scores_fake = self._score(real), self._score(fake)
-            acc_g, acc_d = self._record_accuracies(scores_real, scores_fake, totals)
-            if acc_g.item() / 2 >= acc_d.item():
+            acc_g, acc_d = torch.stack(self._record_accuracies(scores_real, scores_fake, totals)).tolist()
+            if acc_g / 2 >= acc_d:  # one host sync for both
                 self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=True)
                 schedule.done("d", switched_to_d=True)
             else:
