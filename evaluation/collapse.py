@@ -11,7 +11,9 @@ The rule, in plain words:
 
    - its coverage is below the best earlier coverage by more than the coverage tolerance, or
    - its diversity is below the best earlier diversity by more than the diversity tolerance, or
-   - its duplicate share is above the real data's chance level by more than the duplicate margin.
+   - its duplicate share is above both the real data's chance level and the lowest earlier
+     duplicate share by more than the duplicate margin (so an untrained generator's identical
+     blobs at the first checkpoints are not collapse: only a rise from the best so far counts).
 
    A tolerance is the larger of three times the spread that the score shows by chance on the real
    data at this sample size and a fixed floor (coverage 0.05, diversity 0.10, duplicate share
@@ -30,9 +32,7 @@ The **choice** (:func:`choose_best`) is the checkpoint with the lowest FID befor
 checkpoints when there is none), skipping checkpoints that themselves show a drop. Checkpoints
 whose KID differs from that one's by less than their combined KID noise
 (``sqrt(kid_std_a² + kid_std_b²)``) are a tie; among ties the higher coverage wins, so the
-choice leans to the checkpoint that misses fewer faces. When the onset is the very first
-checkpoint there is nothing before it: the choice is then the best FID of all checkpoints, and
-its reason says so.
+choice leans to the checkpoint that misses fewer faces.
 
 Example:
     >>> noise = {"coverage_std": 0.01, "diversity_std": 0.02,
@@ -152,15 +152,20 @@ def detect_collapse(
 
     coverage_tolerance = max(sigmas * noise["coverage_std"], coverage_floor)
     diversity_tolerance = max(sigmas * noise["diversity_std"], diversity_floor)
-    duplicate_limit = noise["duplicate_share_mean"] + max(sigmas * noise["duplicate_share_std"], duplicate_floor)
+    duplicate_margin = max(sigmas * noise["duplicate_share_std"], duplicate_floor)
+    duplicate_limit = noise["duplicate_share_mean"] + duplicate_margin
 
     drops: list[list[str]] = []
     for index, checkpoint in enumerate(checkpoints):
         earlier = checkpoints[:index]
         reasons = []
-        if checkpoint["duplicate_share"] > duplicate_limit:
-            reasons.append(f"duplicate share {checkpoint['duplicate_share']:.3f} > {duplicate_limit:.3f}")
         if earlier:
+            # Duplicates count only when they rise from the run's best: an untrained generator's
+            # near-identical blobs are "not learned yet", not collapse.
+            fewest = min(c["duplicate_share"] for c in earlier)
+            limit = max(duplicate_limit, fewest + duplicate_margin)
+            if checkpoint["duplicate_share"] > limit:
+                reasons.append(f"duplicate share {checkpoint['duplicate_share']:.3f} > {limit:.3f}")
             best_coverage = max(c["coverage"] for c in earlier)
             if checkpoint["coverage"] < best_coverage - coverage_tolerance:
                 reasons.append(
@@ -223,9 +228,6 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
     onset = collapse.onset_epoch
     if onset is None:
         pool, scope = list(checkpoints), "of all checkpoints (no collapse detected)"
-    elif onset == collapse.epochs[0]:
-        pool = list(checkpoints)
-        scope = f"of all checkpoints: collapse was detected from the first one (epoch {onset}), so none precedes it"
     else:
         pool = [c for c in checkpoints if c["epoch"] < onset]
         scope = f"before the collapse onset at epoch {onset}"

@@ -454,6 +454,15 @@ def register_generator(client: MlflowClient, ref: CheckpointRef, name: str, run_
         current = None
     if current is not None and current.model_id == ref.model_id:
         return f"models:/{name}@best"  # already the registered choice: no new version
-    version = mlflow.register_model(f"models:/{ref.model_id}", name, tags={"epoch": str(ref.epoch), "run_id": run_id})
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="generators chosen by `facegan evaluate`")
+    model = client.get_logged_model(ref.model_id)
+    # The client call, not mlflow.register_model, which prints to stderr.
+    version = client.create_model_version(
+        name, source=model.artifact_location, run_id=run_id, model_id=ref.model_id,
+        tags={"epoch": str(ref.epoch)}, description=f"{ref.name} of run {run_id}",
+    )
     client.set_registered_model_alias(name, "best", version.version)
     return f"models:/{name}@best"

@@ -138,13 +138,17 @@ def test_choice_without_ties_is_the_lowest_fid():
     assert choose_best(checkpoints, detect_collapse(checkpoints, NOISE)).epoch == 400
 
 
-def test_onset_at_the_first_checkpoint_chooses_among_all_and_says_so():
-    checkpoints = run([0.8, 0.8, 0.8], duplicates=[0.5, 0.5, 0.5], fid=[40.0, 30.0, 35.0])
+def test_duplicates_from_the_start_are_not_learned_yet_not_collapse():
+    """An untrained generator draws near-identical blobs: high duplicates that then fall."""
+    checkpoints = run([0.1, 0.5, 0.8], duplicates=[0.9, 0.4, 0.02], fid=[90.0, 50.0, 30.0])
     result = detect_collapse(checkpoints, NOISE)
-    assert result.onset_epoch == 100
-    choice = choose_best(checkpoints, result)
-    assert choice.epoch == 200
-    assert "from the first one" in choice.reason
+    assert result.onset_epoch is None
+    assert choose_best(checkpoints, result).epoch == 300
+
+
+def test_a_duplicate_share_that_rises_again_is_collapse():
+    checkpoints = run([0.8, 0.8, 0.8, 0.8], duplicates=[0.5, 0.02, 0.6, 0.7], fid=[40.0, 30.0, 35.0, 36.0])
+    assert detect_collapse(checkpoints, NOISE).onset_epoch == 300
 
 
 def test_bad_input_is_rejected():

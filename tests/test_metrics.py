@@ -192,15 +192,33 @@ def test_small_sets_score(halves):
 def test_vendi_of_equal_orthogonal_clusters(k):
     rng = np.random.RandomState(k)
     centres = 10.0 * np.eye(32)[:k]
-    points = np.repeat(centres, 40, axis=0) + 0.01 * rng.normal(size=(40 * k, 32))
-    # Centring leaves k equal clusters k - 1 directions, hence k - 1 effective modes.
-    assert vendi_score(points) == pytest.approx(k - 1, abs=0.2)
+    points = np.repeat(centres, 40, axis=0) + 0.001 * rng.normal(size=(40 * k, 32))
+    # Clusters 14 apart with a kernel width of 1 are distinct; points within one are the same.
+    assert vendi_score(points, bandwidth=1.0) == pytest.approx(k, abs=0.05)
 
 
-def test_vendi_ignores_a_common_offset_and_scale():
+def test_vendi_matches_a_direct_computation():
+    points = mixture(60, seed=3)
+    h = 2.5
+    kernel = np.array([[np.exp(-np.sum((a - b) ** 2) / (2 * h * h)) for b in points] for a in points])
+    eig = np.linalg.eigvalsh(kernel / len(points))
+    eig = eig[eig > 1e-15]
+    assert vendi_score(points, bandwidth=h) == pytest.approx(np.exp(-(eig * np.log(eig)).sum()), rel=1e-6)
+
+
+def test_vendi_ignores_a_common_offset_and_scales_with_the_width():
     points = mixture(300, seed=9)
-    assert vendi_score(points + 1000.0) == pytest.approx(vendi_score(points), rel=1e-6)
-    assert vendi_score(3.0 * points) == pytest.approx(vendi_score(points), rel=1e-9)
+    assert vendi_score(points + 1000.0, bandwidth=2.0) == pytest.approx(vendi_score(points, bandwidth=2.0), rel=1e-6)
+    # Without a given width, the set's own median distance sets it: scale-free.
+    assert vendi_score(3.0 * points) == pytest.approx(vendi_score(points), rel=1e-6)
+
+
+def test_near_identical_samples_are_not_diverse(reference):
+    """A collapsed generator's samples differ only by tiny noise: that is one sample, not many."""
+    one = mixture(1, seed=11)
+    nearly_same = np.repeat(one, 500, axis=0) + 1e-3 * np.random.RandomState(12).normal(size=(500, DIM))
+    got = score(nearly_same, reference)
+    assert got["vendi"] < 1.1 and got["diversity"] < 0.2
 
 
 def test_vendi_of_identical_rows_is_one():
