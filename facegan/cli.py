@@ -173,5 +173,126 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     click.echo(f"run_id: {tracker.run_id}")
 
 
+# ----------------------------------------------------------------------------------------------
+# evaluate
+
+
+@main.command()
+@click.option("--run", "run", metavar="RUN_ID|latest", help="Evaluate every checkpoint of this training run.")
+@click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the seed's layout).")
+@click.option("--real", type=click.Path(), help="Real images: a dataset file or an image folder. Required with --samples; "
+              "with --run it replaces the run's own training data.")
+@click.option("--features", default="inception", show_default=True,
+              help="Feature space: inception (standard FID; downloads weights once), random (offline, "
+                   "ranks within a study only) or torchscript:PATH (your own network).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False),
+              help="Local pt_inception-2015-12-05 weights file for offline machines [env: FACEGAN_INCEPTION_WEIGHTS].")
+@click.option("--num-samples", type=int, default=2000, show_default=True,
+              help="Samples per checkpoint (--run), drawn from the same fixed latents; at most this many per folder (--samples).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.option("--register", default="facegan-generator", show_default=True,
+              help="Registered model name for the chosen generator (alias `best`); `none` to skip.")
+@click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@click.option("--force", is_flag=True, help="Score again checkpoints already scored in this feature space.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def evaluate(run, samples, real, features, inception_weights, num_samples, json_path, register, tracking_uri,
+             force, device, quiet):
+    """Score every checkpoint by FID and diversity, find the collapse onset, pick the best before it.
+
+    \b
+    Metrics per checkpoint: FID, KID, precision/recall, density/coverage, diversity (Vendi score
+    relative to the real data) and duplicate/memorised shares. A checkpoint is collapsed when its
+    coverage or diversity falls clearly (beyond what the real data shows by chance, and for two
+    checkpoints running) below the best so far, or its duplicate share jumps; the choice is the
+    lowest FID before the onset (ties within KID noise go to higher coverage).
+
+    With --run, scores are logged back to the run (metrics `<features>/<name>` at step=epoch, linked
+    to each checkpoint's model), the run is tagged with the chosen and onset epochs, the ranking
+    and a plot are logged, and the choice is registered as models:/facegan-generator@best.
+    A second call scores only checkpoints not yet scored in the same feature space.
+    """
+    from evaluation import ranking
+
+    if bool(run) == bool(samples):
+        raise FaceganError("give either --run RUN_ID|latest or --samples DIR (with --real)")
+    if num_samples < 10:
+        raise FaceganError(f"--num-samples must be at least 10, got {num_samples}")
+    if samples:
+        if not real:
+            raise FaceganError("--samples needs --real FILE|FOLDER: the real images to compare with")
+        result = ranking.evaluate_folders(samples, real, features=features, inception_weights=inception_weights,
+                                          num_samples=num_samples, device=device, progress=not quiet)
+    else:
+        result = ranking.evaluate_run(
+            run, features=features, inception_weights=inception_weights, num_samples=num_samples, real=real,
+            tracking_uri=tracking_uri, force=force, register=None if register.lower() == "none" else register,
+            device=device, progress=not quiet,
+        )
+    click.echo(result.render_table())
+    if result.registered:
+        click.echo(f"registered: {result.registered} (epoch {result.best_epoch} of run {result.run_id})")
+    if json_path:
+        ranking.write_json(result, json_path)
+        click.echo(f"wrote {json_path}")
+
+
+# ----------------------------------------------------------------------------------------------
+# generate and serve
+
+_MODEL_HELP = ("A checkpoint file, models:/NAME@ALIAS, models:/m-<id>, or runs:/RUN_ID[/EPOCH] "
+               "(the run's last or given checkpoint)  [default: models:/facegan-generator@best, "
+               "which `facegan evaluate` registers]")
+
+
+@main.command()
+@click.option("--model", "model_spec", default="models:/facegan-generator@best", metavar="URI|FILE", help=_MODEL_HELP)
+@click.option("-n", "num_images", type=click.IntRange(min=1), default=64, show_default=True, help="Number of faces.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the PNGs into.")
+@click.option("--seed", type=int, help="Latent seed: the same seed and model give the same images [default: random, printed].")
+@click.option("--truncation", type=float, metavar="T",
+              help="Redraw latent values beyond ±T (truncation trick): typical faces, less variety; e.g. 1.5.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out; replaces the numbered PNGs and grid there.")
+@click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@friendly_errors
+def generate(model_spec, num_images, out, seed, truncation, force, tracking_uri):
+    """Write N generated faces as 000000.png, 000001.png, ... and grid.png (the first 256) into --out.
+
+    --out must be a new or empty folder, unless --force.
+    """
+    import secrets
+
+    from facegan import generate as generating
+
+    generating.validate_truncation(truncation)  # before the model loads, which can take seconds
+    model = generating.load_model(model_spec, tracking_uri)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    paths = generating.generate(model, num_images, out, seed=seed, truncation=truncation, force=force)
+    click.echo(f"wrote {len(paths)} faces and {generating.GRID_FILE} to {out} from {model.description}; "
+               f"seed {seed}" + (f", truncation {truncation:g}" if truncation is not None else ""))
+
+
+@main.command()
+@click.option("--model", "model_spec", default="models:/facegan-generator@best", metavar="URI|FILE", help=_MODEL_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback makes the editor reachable from the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8666, show_default=True, help="Port (0: any free port).")
+@click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@friendly_errors
+def serve(model_spec, host, port, tracking_uri):
+    """Open the face editor: a page with live sliders for the generator's principal directions
+    and for every latent dimension, random faces, interpolation, truncation and PNG download.
+
+    The directions (GANSpace: PCA of early generator features) are computed at the first start
+    for a model and cached under $XDG_CACHE_HOME/facegan/directions (~/.cache by default).
+    """
+    from facegan.generate import load_model
+    from facegan.serve import run_editor
+
+    run_editor(load_model(model_spec, tracking_uri), host, port, log=lambda message: click.echo(message, err=True))
+
+
 if __name__ == "__main__":
     main()
