@@ -1,0 +1,594 @@
+"""Prove facegan's collapse scoring against ground truth: a mode-counting benchmark (issue 4).
+
+Two datasets with known modes (see ``experiments/ground_truth.py``): the synthetic faces (96
+attribute combinations) and stacked digits (1000 digit triples), both 32 x 32.
+
+1. **Ladders**, exact and fast: sample sets drawn from k of the M modes (k from M down to 1), sets
+   that repeat n distinct images, and sets from a trained generator whose latent is pulled towards
+   a few anchor points (``z = anchor + t (z - anchor)``, t from 1 to 0). For each set the ground
+   truth counts modes and facegan scores it; the Spearman correlation between facegan's diversity
+   and coverage and the ground-truth modes is reported per ladder and feature space.
+2. **Training histories**: short DCGAN runs on the synthetic faces, some configured to collapse
+   (a tiny latent, no batch norm in G, a discriminator far ahead) and some not, with frequent
+   checkpoints, trained into a real MLflow store and scored with ``evaluate_run`` (what
+   ``facegan evaluate --run`` does). Every checkpoint is also classified; per run the table gives
+   the ground-truth modes and quality of facegan's choice, of the lowest-FID checkpoint, of the
+   last one and of the ground-truth best, and the detected collapse onset against the
+   ground-truth onset (the first checkpoint whose modes fall >= 20% below the best so far).
+3. The same at 80 x 80 on a GPU: skipped with a note when none is available.
+
+Usage::
+
+    python experiments/collapse_benchmark.py [--quick | --tiny] [--tracking-uri URI] [--out DIR]
+
+Writes ``collapse_benchmark[-quick|-tiny].json`` and ``.md`` under ``experiments/results/``, logs
+the study as one MLflow run (experiment ``facegan-collapse-benchmark``; the training runs sit in
+the same experiment), prints a summary and, as its last line, one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
+
+from evaluation.features import get_extractor  # noqa: E402
+from evaluation.metrics import RealReference, score  # noqa: E402
+from evaluation.ranking import evaluate_run, generator_batches  # noqa: E402
+from facegan.checkpoint import load_generator  # noqa: E402
+from facegan.config import load_config  # noqa: E402
+from facegan.data import synthetic_faces  # noqa: E402
+from facegan.training import train  # noqa: E402
+
+EXPERIMENT = "facegan-collapse-benchmark"
+GT_ONSET_FALL = 0.20  # ground-truth onset: modes >= 20% below the best so far
+TRUNCATION_ANCHORS = 3  # latent points the truncation ladder pulls samples towards
+TRUNCATION_STEPS = (1.0, 0.6, 0.4, 0.25, 0.15, 0.08, 0.03, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training configuration, run once per seed."""
+
+    name: str
+    overrides: dict
+    designed_to_collapse: bool
+    seeds: tuple[int, ...]
+
+
+# Shared by every run: small DCGANs on 32 x 32 synthetic faces, a checkpoint every 2 epochs.
+BASE_OVERRIDES = {
+    "train.loss": "dcgan",
+    "model.image_size": 32,
+    "model.g_width": 32,
+    "model.d_width": 32,
+    "train.batch_size": 64,
+    "train.schedule": "fixed",
+    "train.device": "cpu",
+    "tracking.sample_every": 1000,
+    "tracking.resume_every": 1000,
+    "tracking.num_samples": 64,
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big every part of the benchmark is."""
+
+    name: str
+    num_real: int
+    num_samples: int
+    face_modes_ladder: tuple[int, ...]
+    digit_modes_ladder: tuple[int, ...]
+    repeats_ladder: tuple[int, ...]
+    runs: tuple[RunSpec, ...]
+    epochs: int
+    checkpoint_every: int
+    num_train_images: int
+    face_classifier: gt.TrainSettings = gt.FACE_SETTINGS
+    features: tuple[str, ...] = ("random",)
+
+
+COLLAPSING = {
+    "model.latent_dim": 4,
+    "model.g_norm": "none",
+    "train.n_critic": 3,
+    "train.lr_d": 1e-3,
+}
+STABLE = {"model.latent_dim": 64, "train.n_critic": 1}
+
+SCALES = {
+    "full": Scale(
+        name="full", num_real=2000, num_samples=1000,
+        face_modes_ladder=(96, 72, 48, 32, 24, 16, 12, 8, 4, 2, 1),
+        digit_modes_ladder=(1000, 700, 500, 300, 200, 100, 50, 20, 10, 5, 2, 1),
+        repeats_ladder=(1000, 500, 250, 120, 60, 30, 15, 8, 4, 2, 1),
+        runs=(RunSpec("collapsing", COLLAPSING, True, (0, 1, 2)), RunSpec("stable", STABLE, False, (0, 1))),
+        epochs=24, checkpoint_every=2, num_train_images=2000,
+    ),
+    "quick": Scale(
+        name="quick", num_real=1000, num_samples=500,
+        face_modes_ladder=(96, 48, 24, 12, 6, 3, 1),
+        digit_modes_ladder=(1000, 400, 150, 50, 15, 5, 1),
+        repeats_ladder=(500, 150, 50, 15, 5, 1),
+        runs=(RunSpec("collapsing", COLLAPSING, True, (0,)), RunSpec("stable", STABLE, False, (0,))),
+        epochs=16, checkpoint_every=2, num_train_images=1000,
+    ),
+    # For tests: seconds, not a measurement.
+    "tiny": Scale(
+        name="tiny", num_real=120, num_samples=60,
+        face_modes_ladder=(96, 12, 1), digit_modes_ladder=(1000, 30, 1), repeats_ladder=(60, 6, 1),
+        runs=(RunSpec("collapsing", {**COLLAPSING, "model.g_width": 8, "model.d_width": 8}, True, (0,)),),
+        epochs=2, checkpoint_every=1, num_train_images=64,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets: real images, sample-set makers and the ground truth, behind one interface
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Domain:
+    """A dataset with known modes: its real images, its classifier and how to draw from k modes."""
+
+    name: str
+    real: torch.Tensor  # uint8 N x 3 x 32 x 32
+    classifier: object  # gt.FaceClassifier or gt.DigitClassifier
+    num_modes: int
+    modes_ladder: tuple[int, ...]
+
+    def draw(self, modes: np.ndarray, seed: int) -> torch.Tensor:
+        """Fresh images of the given modes (not the real set's images)."""
+        if self.name == "faces":
+            return torch.from_numpy(gt.render_face_modes(modes, seed))
+        return torch.from_numpy(gt.stacked_digits(len(modes), seed, modes=modes)[0])
+
+
+def make_domains(scale: Scale) -> tuple[list[Domain], dict]:
+    """Both domains and the classifiers' accuracies and training times."""
+    faces = gt.FaceClassifier.load_or_train(settings=scale.face_classifier)
+    digits = gt.DigitClassifier.train()
+    domains = [
+        Domain("faces", synthetic_faces(scale.num_real, gt.IMAGE_SIZE, seed=0).images, faces,
+               gt.num_face_modes(), scale.face_modes_ladder),
+        Domain("digits", torch.from_numpy(gt.stacked_digits(scale.num_real, seed=0)[0]), digits,
+               gt.NUM_DIGIT_MODES, scale.digit_modes_ladder),
+    ]
+    info = {
+        domain.name: {
+            "held_out_accuracy": domain.classifier.accuracy,
+            "train_seconds": round(domain.classifier.seconds, 1),
+            "real_set": domain.classifier.count_modes(domain.real).to_dict(),
+        }
+        for domain in domains
+    }
+    return domains, info
+
+
+# --------------------------------------------------------------------------------------------
+# Part 1: ladders
+# --------------------------------------------------------------------------------------------
+
+
+def modes_ladder(domain: Domain, num_samples: int) -> list[tuple[str, torch.Tensor]]:
+    """Sets of ``num_samples`` fresh images drawn uniformly from k randomly chosen modes."""
+    sets = []
+    for step, k in enumerate(domain.modes_ladder):
+        rng = np.random.default_rng(100 + step)
+        chosen = rng.choice(domain.num_modes, size=k, replace=False)
+        modes = chosen[np.arange(num_samples) % k]
+        sets.append((f"k={k}", domain.draw(rng.permutation(modes), seed=200 + step)))
+    return sets
+
+
+def repeats_ladder(domain: Domain, num_samples: int, sizes: tuple[int, ...]) -> list[tuple[str, torch.Tensor]]:
+    """Sets of ``num_samples`` images that repeat n distinct fresh images (a planted collapse)."""
+    sets = []
+    for step, n in enumerate(sizes):
+        rng = np.random.default_rng(300 + step)
+        distinct = domain.draw(rng.integers(0, domain.num_modes, n), seed=400 + step)
+        sets.append((f"n={n}", distinct[torch.arange(num_samples) % n]))
+    return sets
+
+
+def truncation_ladder(generator: torch.nn.Module, num_samples: int) -> list[tuple[str, torch.Tensor]]:
+    """Samples of a trained generator with each latent pulled towards one of a few anchors."""
+    rng = torch.Generator().manual_seed(500)
+    latents = torch.randn(num_samples, generator.latent_dim, generator=rng)
+    anchors = torch.randn(TRUNCATION_ANCHORS, generator.latent_dim, generator=rng)
+    nearest = anchors[torch.arange(num_samples) % TRUNCATION_ANCHORS]
+    sets = []
+    with torch.inference_mode():
+        for t in TRUNCATION_STEPS:
+            images = generator.eval()(nearest + t * (latents - nearest))
+            sets.append((f"t={t}", ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)))
+    return sets
+
+
+def score_ladder(sets, domain: Domain, extractors: dict, references: dict) -> dict:
+    """Ground truth and facegan's scores for each set, and Spearman per feature space."""
+    points = []
+    for label, images in sets:
+        truth = domain.classifier.count_modes(images)
+        point = {"set": label, "gt": truth.to_dict(), "scores": {}}
+        for space, extractor in extractors.items():
+            point["scores"][space] = score(extractor.extract(images), references[space])
+        points.append(point)
+    modes = [p["gt"]["modes"] for p in points]
+    spearman = {}
+    for space in extractors:
+        spearman[space] = {
+            key: _spearman([p["scores"][space][key] for p in points], modes) for key in ("diversity", "coverage")
+        }
+    return {"points": points, "spearman": spearman}
+
+
+def _spearman(values, modes) -> float | None:
+    if len(set(values)) < 2 or len(set(modes)) < 2:
+        return None  # undefined when either side is constant
+    return float(spearmanr(values, modes).statistic)
+
+
+# --------------------------------------------------------------------------------------------
+# Part 2: training histories
+# --------------------------------------------------------------------------------------------
+
+
+def train_run(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str) -> str:
+    """Train one run into the MLflow store; returns its run id."""
+    from facegan.tracking import MlflowRunTracker
+
+    overrides = {
+        **BASE_OVERRIDES,
+        **spec.overrides,
+        "train.seed": seed,
+        "train.epochs": scale.epochs,
+        "tracking.checkpoint_every": scale.checkpoint_every,
+        "data.num_images": scale.num_train_images,
+        "data.source": "synthetic",
+        "tracking.experiment": EXPERIMENT,
+    }
+    cfg = load_config(None, overrides=overrides)
+    data = synthetic_faces(cfg.data.num_images, cfg.model.image_size, seed=cfg.data.seed)
+    tracker = MlflowRunTracker.start(tracking_uri, EXPERIMENT, f"{scale.name}-{spec.name}-seed{seed}")
+    train(cfg, data, tracker, progress=False)
+    return tracker.run_id
+
+
+def checkpoint_truth(run_id: str, tracking_uri: str, classifier, num_samples: int, keep_epoch=None):
+    """Ground truth of every checkpoint on facegan's own fixed latents; optionally keep one generator."""
+    from facegan.tracking import EvaluationTracker
+
+    tracker = EvaluationTracker(tracking_uri, run_id)
+    truth, kept = {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for ref in tracker.checkpoints():
+            generator, _ = load_generator(tracker.download(ref, Path(tmp) / ref.model_id))
+            images = torch.cat(list(generator_batches(generator, num_samples, torch.device("cpu"))))
+            truth[ref.epoch] = classifier.count_modes(images).to_dict()
+            if keep_epoch is not None and ref.epoch == keep_epoch(truth):
+                kept = generator
+    return truth, kept
+
+
+def gt_onset(epochs: list[int], modes: list[int]) -> int | None:
+    """First checkpoint whose ground-truth modes fall >= 20% below the best so far."""
+    best = -math.inf
+    for epoch, value in zip(epochs, modes):
+        if best > 0 and value <= (1 - GT_ONSET_FALL) * best:
+            return epoch
+        best = max(best, value)
+    return None
+
+
+def gt_best_epoch(truth: dict[int, dict]) -> int:
+    """Most modes; ties go to the higher confident share, then the earlier checkpoint."""
+    return max(truth, key=lambda e: (truth[e]["modes"], truth[e]["confident_share"], -e))
+
+
+def summarise_run(name: str, seed: int, spec: RunSpec, evaluation, truth: dict[int, dict]) -> dict:
+    rows = {c.epoch: c.scores for c in evaluation.checkpoints}
+    epochs = sorted(rows)
+    lowest_fid = min(epochs, key=lambda e: rows[e]["fid"])
+    picks = {
+        "facegan": evaluation.best_epoch,
+        "lowest_fid": lowest_fid,
+        "last": epochs[-1],
+        "gt_best": gt_best_epoch(truth),
+    }
+    onset_gt = gt_onset(epochs, [truth[e]["modes"] for e in epochs])
+    onset_detected = evaluation.collapse.onset_epoch
+    return {
+        "run": name,
+        "seed": seed,
+        "config": spec.name,
+        "designed_to_collapse": spec.designed_to_collapse,
+        "run_id": evaluation.run_id,
+        "picks": {key: {"epoch": e, **truth[e]} for key, e in picks.items()},
+        "gt_onset": onset_gt,
+        "detected_onset": onset_detected,
+        "onset_error_checkpoints": _index_gap(epochs, onset_detected, onset_gt),
+        "checkpoints": [
+            {"epoch": e, "gt": truth[e], **{k: rows[e][k] for k in ("fid", "coverage", "diversity", "duplicate_share")},
+             "collapsed": bool(dict(zip(evaluation.collapse.epochs, evaluation.collapse.collapsed))[e])}
+            for e in epochs
+        ],
+    }
+
+
+def _index_gap(epochs: list[int], detected: int | None, truth: int | None) -> int | None:
+    """Checkpoints between the detected and the true onset (None when either is missing)."""
+    if detected is None or truth is None:
+        return None
+    return epochs.index(detected) - epochs.index(truth)
+
+
+def history_targets(runs: list[dict]) -> dict:
+    collapsing = [r for r in runs if r["gt_onset"] is not None]
+    keeps = [r["picks"]["facegan"]["modes"] / max(r["picks"]["gt_best"]["modes"], 1) for r in runs]
+    return {
+        "min_modes_kept_vs_gt_best": min(keeps) if keeps else None,
+        "choice_keeps_95pct_every_run": all(k >= 0.95 for k in keeps),
+        "never_worse_than_lowest_fid": all(
+            r["picks"]["facegan"]["modes"] >= r["picks"]["lowest_fid"]["modes"] for r in runs),
+        "strictly_better_on_a_collapsing_run": any(
+            r["picks"]["facegan"]["modes"] > r["picks"]["lowest_fid"]["modes"] for r in collapsing),
+        "onset_within_one_checkpoint_on_collapsing_runs": bool(collapsing) and all(
+            r["onset_error_checkpoints"] is not None and abs(r["onset_error_checkpoints"]) <= 1 for r in collapsing),
+        "no_onset_on_other_runs": all(r["detected_onset"] is None for r in runs if r["gt_onset"] is None),
+        "collapsing_runs": len(collapsing),
+        "runs": len(runs),
+    }
+
+
+def reliability(runs: list[dict]) -> dict:
+    """Per configuration: how many seeds showed good-then-collapse in the ground truth."""
+    result = {}
+    for run in runs:
+        entry = result.setdefault(run["config"], {"designed_to_collapse": run["designed_to_collapse"],
+                                                  "seeds": 0, "collapsed": 0})
+        entry["seeds"] += 1
+        entry["collapsed"] += run["gt_onset"] is not None
+    return result
+
+
+def run_histories(scale: Scale, tracking_uri: str, features: str, faces: Domain, log) -> tuple[list[dict], object]:
+    """Train and score every run; returns the per-run summaries and a stable run's best generator."""
+    runs, stable_generator = [], None
+    for spec in scale.runs:
+        for seed in spec.seeds:
+            name = f"{spec.name}-seed{seed}"
+            started = time.perf_counter()
+            run_id = train_run(spec, seed, scale, tracking_uri)
+            trained = time.perf_counter()
+            evaluation = evaluate_run(run_id, features=features, num_samples=scale.num_samples,
+                                      tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
+            scored = time.perf_counter()
+            keep = None if spec.designed_to_collapse or stable_generator is not None else gt_best_epoch
+            truth, kept = checkpoint_truth(run_id, tracking_uri, faces.classifier, scale.num_samples, keep)
+            stable_generator = stable_generator or kept
+            summary = summarise_run(name, seed, spec, evaluation, truth)
+            summary["seconds"] = {"train": round(trained - started, 1), "evaluate": round(scored - trained, 1),
+                                  "ground_truth": round(time.perf_counter() - scored, 1)}
+            runs.append(summary)
+            log(f"  {name}: GT modes by checkpoint "
+                f"{[c['gt']['modes'] for c in summary['checkpoints']]}, facegan onset {summary['detected_onset']}, "
+                f"GT onset {summary['gt_onset']} ({summary['seconds']})")
+    return runs, stable_generator
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Collapse benchmark ({result['scale']})", "",
+             f"Device: {result['device']}. Samples per set/checkpoint: {result['num_samples']}; "
+             f"real images: {result['num_real']}. Total {result['seconds_total']:.0f} s.", "",
+             "## Ground truth", "", "| dataset | held-out accuracy | real set: modes | KL | confident |",
+             "|---|---|---|---|---|"]
+    for name, info in result["ground_truth"].items():
+        real = info["real_set"]
+        accuracy = ", ".join(f"{k} {v:.3f}" for k, v in info["held_out_accuracy"].items())
+        lines.append(f"| {name} | {accuracy} | {real['modes']}/{real['num_modes']} | {real['kl']:.3f} | "
+                     f"{real['confident_share']:.2f} |")
+    lines += ["", "## Ladders: Spearman with ground-truth modes", "",
+              "| dataset | ladder | features | diversity | coverage | GT modes along the ladder |", "|---|---|---|---|---|---|"]
+    for key, ladder in result["ladders"].items():
+        dataset, kind = key.split("/")
+        modes = [p["gt"]["modes"] for p in ladder["points"]]
+        for space, values in ladder["spearman"].items():
+            lines.append(f"| {dataset} | {kind} | {space} | {_fmt(values['diversity'])} | "
+                         f"{_fmt(values['coverage'])} | {modes} |")
+    lines += ["", "## Training histories (faces, 32 x 32)", "",
+              "GT modes / confident share at each pick; onsets in epochs.", "",
+              "| run | facegan choice | lowest FID | last | GT best | detected onset | GT onset |",
+              "|---|---|---|---|---|---|---|"]
+    for run in result["histories"]["runs"]:
+        cells = [f"{p['modes']} / {p['confident_share']:.2f} (ep {p['epoch']})"
+                 for p in (run["picks"][k] for k in ("facegan", "lowest_fid", "last", "gt_best"))]
+        lines.append(f"| {run['run']} | " + " | ".join(cells) + f" | {run['detected_onset']} | {run['gt_onset']} |")
+    lines += ["", "Reliability (seeds whose ground truth shows good-then-collapse): "
+              + ", ".join(f"{k}: {v['collapsed']}/{v['seeds']}" for k, v in result["histories"]["reliability"].items()),
+              "", "## Targets", ""]
+    lines += [f"- {key}: {value}" for key, value in result["targets"].items()]
+    lines += ["", f"GPU part: {result['gpu']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def log_study(result: dict, tracking_uri: str, paths: list[Path]) -> str:
+    """One MLflow run for the study: headline figures as metrics, the JSON and table as artifacts."""
+    from facegan.tracking import connect
+
+    client = connect(tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=f"study-{result['scale']}")
+    run_id = run.info.run_id
+    client.log_param(run_id, "scale", result["scale"])
+    client.log_param(run_id, "num_samples", result["num_samples"])
+    for key, value in _flat_figures(result).items():
+        client.log_metric(run_id, key, value)
+    for path in paths:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _flat_figures(result: dict) -> dict[str, float]:
+    figures = {}
+    for key, ladder in result["ladders"].items():
+        for space, values in ladder["spearman"].items():
+            for metric, value in values.items():
+                if value is not None:
+                    figures[f"spearman.{key.replace('/', '.')}.{space}.{metric}"] = value
+    for run in result["histories"]["runs"]:
+        for pick, values in run["picks"].items():
+            figures[f"modes.{run['run']}.{pick}"] = values["modes"]
+    for key, value in result["targets"].items():
+        if isinstance(value, (bool, int, float)) and value is not None:
+            figures[f"target.{key}"] = float(value)
+    return figures
+
+
+def headline(result: dict) -> dict:
+    """The last printed line: every figure, compactly."""
+    return {
+        "scale": result["scale"],
+        "device": result["device"],
+        "seconds_total": round(result["seconds_total"], 1),
+        "classifier_accuracy": {k: v["held_out_accuracy"] for k, v in result["ground_truth"].items()},
+        "real_set_modes": {k: v["real_set"]["modes"] for k, v in result["ground_truth"].items()},
+        "spearman": {key: ladder["spearman"] for key, ladder in result["ladders"].items()},
+        "runs": {r["run"]: {"modes": {k: v["modes"] for k, v in r["picks"].items()},
+                            "epochs": {k: v["epoch"] for k, v in r["picks"].items()},
+                            "detected_onset": r["detected_onset"], "gt_onset": r["gt_onset"]}
+                 for r in result["histories"]["runs"]},
+        "reliability": result["histories"]["reliability"],
+        "targets": result["targets"],
+        "mlflow_study_run": result.get("mlflow_study_run"),
+    }
+
+
+def ladder_targets(ladders: dict, threshold: float = 0.95) -> dict:
+    """Per dataset and feature space: the weakest ladder's diversity and coverage Spearman."""
+    targets = {}
+    for key, ladder in ladders.items():
+        dataset = key.split("/")[0]
+        for space, values in ladder["spearman"].items():
+            for metric, value in values.items():
+                if value is None:
+                    continue  # undefined (constant ground truth along the ladder): no evidence either way
+                name = f"ladder_min_spearman.{dataset}.{space}.{metric}"
+                targets[name] = min(targets.get(name, math.inf), value)
+    met = {}
+    for dataset in {k.split(".")[1] for k in targets}:
+        best = max(v for k, v in targets.items() if k.split(".")[1] == dataset)
+        met[f"ladders_{dataset}_some_signal_reaches_{threshold}"] = best >= threshold
+    return {**{k: round(v, 4) for k, v in targets.items()}, **met}
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="within 10 minutes on 2 CPU cores")
+    size.add_argument("--tiny", action="store_true", help="seconds; for tests, not a measurement")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR)
+    args = parser.parse_args(argv)
+    scale = SCALES["tiny" if args.tiny else "quick" if args.quick else "full"]
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
+
+    from facegan.tracking import connect
+
+    connect(args.tracking_uri)  # create the store once, before anything else touches it
+    domains, ground_truth = make_domains(scale)
+    log(f"ground truth ready: {json.dumps({k: v['held_out_accuracy'] for k, v in ground_truth.items()})}")
+    extractors = {space: get_extractor(space) for space in scale.features}
+    references = {
+        domain.name: {space: RealReference.from_features(ex.extract(domain.real)) for space, ex in extractors.items()}
+        for domain in domains
+    }
+
+    ladders = {}
+    for domain in domains:
+        for kind, sets in (("modes", modes_ladder(domain, scale.num_samples)),
+                           ("repeats", repeats_ladder(domain, scale.num_samples, scale.repeats_ladder))):
+            ladders[f"{domain.name}/{kind}"] = score_ladder(sets, domain, extractors, references[domain.name])
+            log(f"ladder {domain.name}/{kind}: {ladders[f'{domain.name}/{kind}']['spearman']}")
+
+    faces = domains[0]
+    runs, generator = run_histories(scale, args.tracking_uri, scale.features[0], faces, log)
+    if generator is not None:
+        ladders["faces/truncation"] = score_ladder(truncation_ladder(generator, scale.num_samples), faces,
+                                                   extractors, references["faces"])
+        log(f"ladder faces/truncation: {ladders['faces/truncation']['spearman']}")
+
+    result = {
+        "scale": scale.name,
+        "device": "cpu",
+        "num_real": scale.num_real,
+        "num_samples": scale.num_samples,
+        "settings": {"runs": [asdict(r) for r in scale.runs], "base_overrides": BASE_OVERRIDES,
+                     "epochs": scale.epochs, "checkpoint_every": scale.checkpoint_every,
+                     "num_train_images": scale.num_train_images, "features": list(scale.features)},
+        "ground_truth": ground_truth,
+        "ladders": ladders,
+        "histories": {"runs": runs, "reliability": reliability(runs)},
+        "targets": {**ladder_targets(ladders), **history_targets(runs)},
+        "gpu": "skipped: no GPU on this machine" if not torch.cuda.is_available()
+        else "not implemented in this benchmark yet: CUDA is available but the 80x80 part was not run",
+    }
+    result["seconds_total"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if scale.name == "full" else f"-{scale.name}"
+    json_path, md_path = args.out / f"collapse_benchmark{suffix}.json", args.out / f"collapse_benchmark{suffix}.md"
+    json_path.write_text(json.dumps(result, indent=1, default=_json_default))
+    md_path.write_text(markdown(result))
+    result["mlflow_study_run"] = log_study(result, args.tracking_uri, [json_path, md_path])
+    print(markdown(result))
+    print(json.dumps(headline(result), default=_json_default))
+    return result
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    main()
