@@ -385,11 +385,12 @@ def is_loopback(host: str) -> bool:
 def run_editor(model: LoadedModel, host: str, port: int, *, log=None) -> None:
     """Serve the editor for ``model`` until Ctrl-C (the body of ``facegan serve``)."""
     log = log or (lambda message: print(message, file=sys.stderr))
+    # One face is a few milliseconds of small convolutions: more threads add synchronisation,
+    # and on a shared machine wait for each other. Set before any parallel work: changing the
+    # pool size after it has run has aborted the process at exit ("terminate called").
+    torch.set_num_threads(1)
     server = EditorServer(None, host, port)
     server.editor = FaceEditor(model.generator, cached_directions(model, log=log), model.description)
-    # One face is a few milliseconds of small convolutions: more threads add synchronisation,
-    # and on a shared machine wait for each other.
-    torch.set_num_threads(1)
     if not is_loopback(host):
         log(f"warning: listening on {host}: the editor is reachable from the network, without any login")
     print(f"facegan editor on {server.url} — Ctrl-C to stop", flush=True)

@@ -18,6 +18,7 @@ end is written to a local JSON file (nothing is lost).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -448,21 +449,16 @@ class EvaluationTracker:
 
 def register_generator(client: MlflowClient, ref: CheckpointRef, name: str, run_id: str) -> str:
     """Register a checkpoint's LoggedModel under ``name`` and point the alias ``best`` at it."""
+    source = f"models:/{ref.model_id}"
     try:
         current = client.get_model_version_by_alias(name, "best")
     except MlflowException:
         current = None
-    if current is not None and current.model_id == ref.model_id:
+    if current is not None and current.source == source:
         return f"models:/{name}@best"  # already the registered choice: no new version
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="generators chosen by `facegan evaluate`")
-    model = client.get_logged_model(ref.model_id)
-    # The client call, not mlflow.register_model, which prints to stderr.
-    version = client.create_model_version(
-        name, source=model.artifact_location, run_id=run_id, model_id=ref.model_id,
-        tags={"epoch": str(ref.epoch)}, description=f"{ref.name} of run {run_id}",
-    )
+    # mlflow.register_model also links the version to the LoggedModel (its Models tab shows the
+    # version); it prints a line to stderr, which the CLI's own output replaces.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(source, name, tags={"epoch": str(ref.epoch), "run_id": run_id})
     client.set_registered_model_alias(name, "best", version.version)
     return f"models:/{name}@best"

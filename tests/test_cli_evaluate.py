@@ -51,16 +51,20 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     by_epoch = {c["epoch"]: c for c in result["checkpoints"]}
     for metric in history:
         assert metric.value == pytest.approx(by_epoch[metric.step]["fid"])
-        model = client.get_logged_model(metric.model_id)
-        assert model.params["epoch"] == str(metric.step)
-        assert {m.key for m in model.metrics} >= {"random/fid", "random/diversity", "random/coverage"}
+    for checkpoint in result["checkpoints"]:  # each checkpoint's model carries its own scores
+        model = client.get_logged_model(checkpoint["model_id"])
+        assert model.params["epoch"] == str(checkpoint["epoch"])
+        scores = {m.key: m.value for m in model.metrics}
+        assert scores["random/fid"] == pytest.approx(checkpoint["fid"])
+        assert {"random/diversity", "random/coverage"} <= set(scores)
     tags = client.get_run(trained_run).data.tags
     assert tags["facegan.best_epoch"] == str(result["best_epoch"])
     assert tags["facegan.collapse_epoch"] == str(result["collapse_epoch"] or "none")
     artifacts = {a.path for a in client.list_artifacts(trained_run, "evaluation")}
     assert {"evaluation/random_ranking.json", "evaluation/random_scores.png"} <= artifacts
     version = client.get_model_version_by_alias("facegan-generator", "best")
-    assert client.get_logged_model(version.model_id).params["epoch"] == str(result["best_epoch"])
+    assert version.source.startswith("models:/m-")
+    assert client.get_logged_model(version.source[len("models:/"):]).params["epoch"] == str(result["best_epoch"])
 
     # Idempotent: a second call scores nothing again; --force does.
     cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40,
