@@ -1,6 +1,7 @@
 """End to end: `facegan evaluate` on a real training run (sqlite store) and on sample folders."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,8 +72,21 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
         "--tracking-uri", tracking_uri, "--quiet", env=env)
     assert len(client.get_metric_history(trained_run, "random/fid")) == 4
     cli("evaluate", "--run", "latest", "--features", "random", "--num-samples", 40, "--force",
-        "--tracking-uri", tracking_uri, "--quiet", env=env)
+        "--json", "forced.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
     assert len(client.get_metric_history(trained_run, "random/fid")) == 8
+    forced = json.loads((tmp_path / "forced.json").read_text())
+    assert forced["checkpoints"] == result["checkpoints"]  # same latents, same features: same scores
+
+    # A damaged checkpoint is reported and skipped; the others still count.
+    damaged = next(c for c in result["checkpoints"] if c["epoch"] == 3)
+    location = client.get_logged_model(damaged["model_id"]).artifact_location
+    (Path(location.replace("file://", "")) / "generator.pt").write_bytes(b"truncated")
+    proc = cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40, "--force",
+               "--json", "again.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert [c["epoch"] for c in again["checkpoints"]] == [1, 2, 4]
+    assert again["skipped"][0]["checkpoint"] == "generator-epoch-0003"
+    assert "skipping generator-epoch-0003" in proc.stderr
 
     # The registered choice feeds `facegan generate`.
     out = tmp_path / "faces"
