@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays 
     from facegan.tracking import RunTracker
 
 SAMPLE_KEY = "samples"
+MIN_GRID_SIDE = 512  # pixels
 
 
 def select_device(name: str) -> torch.device:
@@ -388,7 +389,13 @@ class Trainer:
         with torch.no_grad():
             images = g(self.latents)
         g.train()
-        self.tracker.log_image(SAMPLE_KEY, images_to_grid(images), epoch)
+        grid = images_to_grid(images)
+        # MLflow shows the grid at its own size: small faces (32 px) get whole-pixel enlargement
+        # to at least 512 px so that they are visible in the UI.
+        scale = math.ceil(MIN_GRID_SIDE / grid.shape[1])
+        if scale > 1:
+            grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+        self.tracker.log_image(SAMPLE_KEY, grid, epoch)
 
     def _log_checkpoint(self, epoch: int) -> None:
         if epoch in self.logged_checkpoints:

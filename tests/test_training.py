@@ -57,6 +57,8 @@ def test_sample_checkpoint_and_resume_cadence(faces, tmp_path):
     assert set(tracker.images["samples"]) == {0, 2, 4, 5}
     grid = tracker.images["samples"][0]
     assert grid.dtype.name == "uint8" and grid.shape[2] == 3 and grid.std() > 0
+    # 16 faces of 32 px: a 4 x 4 grid of 138 px, enlarged 4 times to reach 512 px
+    assert grid.shape == (4 * 138, 4 * 138, 3)
     assert set(tracker.checkpoints) == {2, 4, 5}
     path = tmp_path / "g.pt"
     path.write_bytes(tracker.checkpoints[4])
