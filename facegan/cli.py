@@ -165,7 +165,8 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     try:
         run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: resume state saved; continue with: facegan train --resume {tracker.run_id}", err=True)
+        click.echo(f"\ninterrupted: the last completed epoch is saved; continue with: "
+                   f"facegan train --resume {tracker.run_id}", err=True)
         click.echo(f"run_id: {tracker.run_id}")
         sys.exit(130)
     if uri.startswith("sqlite:"):
