@@ -61,6 +61,7 @@ class RunTracker(Protocol):
     def logged_image_steps(self, key: str) -> set[int]: ...
     def save_resume_state(self, path: Path) -> None: ...
     def fetch_resume_state(self, dest_dir: Path) -> Path | None: ...
+    def mark_running(self) -> None: ...
     def finish(self, status: str) -> None: ...
 
 
@@ -112,6 +113,9 @@ class MemoryTracker:
         path = Path(dest_dir) / "state.pt"
         path.write_bytes(self.resume_state)
         return path
+
+    def mark_running(self):
+        self.status = "RUNNING"
 
     def finish(self, status):
         self.status = status
@@ -196,8 +200,11 @@ class MlflowRunTracker:
     def reopen(cls, tracking_uri: str | None, run_id: str) -> "MlflowRunTracker":
         client = connect(tracking_uri)
         run = get_run(client, run_id)
-        client.update_run(run_id, status="RUNNING")
         return cls(client, run_id, run.info.experiment_id)
+
+    def mark_running(self) -> None:
+        """A resumed run is RUNNING again once training really continues (not on a refusal)."""
+        self.client.update_run(self.run_id, status="RUNNING")
 
     # -- what the loop logs ------------------------------------------------------------------
 

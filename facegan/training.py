@@ -493,6 +493,7 @@ def train(
                 "pass a larger --epochs to continue it"
             )
         trainer.note_logged_steps()
+        tracker.mark_running()
     else:
         tracker.log_params(cfg.to_flat_dict())
         tracker.log_dataset(trainer.dataset_info())

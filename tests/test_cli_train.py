@@ -59,6 +59,7 @@ def test_train_logs_the_mlflow_layout_and_resumes(cli, tracking_uri):
     # Finished: resuming without more epochs is a clear error; changing the loss is refused.
     assert_clean_error(cli("train", "--resume", run_id, "--tracking-uri", tracking_uri, check=False),
                        r"already reached epoch 5 of 5")
+    assert client.get_run(run_id).info.status == "FINISHED"  # a refused resume leaves the run as it was
     assert_clean_error(cli("train", "--resume", run_id, "--loss", "dcgan", "--tracking-uri", tracking_uri,
                            check=False), r"cannot change train.loss when resuming")
 
