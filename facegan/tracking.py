@@ -310,10 +310,14 @@ class MlflowRunTracker:
         if not self._flush():
             out = self._keep_locally(None, "metrics.json", json.dumps([m.to_dictionary() for m in self._pending]).encode())
             print(f"warning: {len(self._pending)} metrics could not reach MLflow; saved in {out}", file=sys.stderr)
-        try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as exc:
-            print(f"warning: could not mark run {self.run_id} {status}: {exc}", file=sys.stderr)
+        for attempt in range(5):  # a sqlite store may be locked for a moment by another reader
+            try:
+                self.client.set_terminated(self.run_id, status=status)
+                return
+            except Exception as exc:
+                error = exc
+                time.sleep(0.5 * (attempt + 1))
+        print(f"warning: could not mark run {self.run_id} {status}: {str(error).splitlines()[0]}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------

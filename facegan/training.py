@@ -294,6 +294,39 @@ def _no_interrupts():
         signal.signal(signal.SIGINT, previous)
 
 
+class _StopRequest:
+    """Ctrl-C during training: the first one asks the loop to stop after the current minibatch.
+
+    Stopping there, not wherever the signal lands, keeps an MLflow (sqlite) write from being cut
+    in half; a second Ctrl-C interrupts at once, as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopRequest":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        except ValueError:  # not the main thread: no handler, KeyboardInterrupt as usual
+            self._previous = None
+        return self
+
+    def _on_signal(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C is immediate
+        print("\nstopping after this minibatch (Ctrl-C again to stop at once)...", file=sys.stderr)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_signal:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 class Trainer:
     """Runs (or resumes) one training run and logs it through a tracker."""
 
@@ -416,7 +449,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run_epoch(self) -> EpochTotals:
+    def run_epoch(self, stop: _StopRequest | None = None) -> EpochTotals:
         cfg = self.cfg.train
         totals = EpochTotals()
         n = self.images.shape[0]
@@ -426,39 +459,20 @@ class Trainer:
             batch = self.images.index_select(0, index).to(self.device, non_blocking=True)
             real = (batch.float() / 127.5 - 1.0).contiguous(memory_format=self.gan.memory_format)
             self.gan.step(real, self.schedule, totals)
+            if stop is not None:
+                stop.check()
         return totals
 
     def fit(self) -> None:
         """Train from ``self.epoch`` to ``train.epochs``; Ctrl-C saves resume state and re-raises."""
-        cfg, track = self.cfg, self.cfg.tracking
+        cfg = self.cfg
         if self.epoch == 0:
             self._log_samples(0)
         bar = tqdm(total=cfg.train.epochs, initial=self.epoch, desc="train", unit="epoch",
                    disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
         try:
-            for epoch in range(self.epoch + 1, cfg.train.epochs + 1):
-                started = time.perf_counter()
-                totals = self.run_epoch()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                metrics = totals.metrics(time.perf_counter() - started)
-                self.epoch = epoch
-                last = epoch == cfg.train.epochs
-                if epoch not in self.logged_metric_steps:
-                    self.tracker.log_metrics(metrics, epoch)
-                if epoch % track.sample_every == 0 or last:
-                    self._log_samples(epoch)
-                if epoch % track.checkpoint_every == 0 or last:
-                    self._log_checkpoint(epoch)
-                self.snapshot = self.resume_payload()
-                if epoch % track.resume_every == 0 or last:
-                    self._save_resume(self.snapshot)
-                bar.update(1)
-                bar.set_postfix(
-                    loss_d=f"{metrics.get('loss_d', float('nan')):.3f}",
-                    loss_g=f"{metrics.get('loss_g', float('nan')):.3f}",
-                    img_s=f"{metrics['images_per_s']:.0f}",
-                )
+            with _StopRequest() as stop:
+                self._epochs(stop, bar)
         except BaseException:
             # Ctrl-C or a crash: keep what the last complete epoch reached, so --resume works.
             if self.snapshot is not None and self.snapshot["epoch"] > 0:
@@ -469,6 +483,33 @@ class Trainer:
             raise
         finally:
             bar.close()
+
+    def _epochs(self, stop: _StopRequest, bar) -> None:
+        cfg, track = self.cfg, self.cfg.tracking
+        for epoch in range(self.epoch + 1, cfg.train.epochs + 1):
+            started = time.perf_counter()
+            totals = self.run_epoch(stop)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            metrics = totals.metrics(time.perf_counter() - started)
+            self.epoch = epoch
+            last = epoch == cfg.train.epochs
+            if epoch not in self.logged_metric_steps:
+                self.tracker.log_metrics(metrics, epoch)
+            if epoch % track.sample_every == 0 or last:
+                self._log_samples(epoch)
+            if epoch % track.checkpoint_every == 0 or last:
+                self._log_checkpoint(epoch)
+            self.snapshot = self.resume_payload()
+            if epoch % track.resume_every == 0 or last:
+                self._save_resume(self.snapshot)
+            bar.update(1)
+            bar.set_postfix(
+                loss_d=f"{metrics.get('loss_d', float('nan')):.3f}",
+                loss_g=f"{metrics.get('loss_g', float('nan')):.3f}",
+                img_s=f"{metrics['images_per_s']:.0f}",
+            )
+            stop.check()
 
 
 def fetch_resume_payload(tracker: RunTracker) -> dict:

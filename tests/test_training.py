@@ -138,11 +138,11 @@ def test_interrupt_saves_the_last_complete_epoch(faces, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = training.Trainer.run_epoch
 
-    def interrupted(self):
+    def interrupted(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(training.Trainer, "run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
