@@ -35,6 +35,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from facegan.checkpoint import GENERATOR_FILE
 from facegan.errors import FaceganError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -269,7 +270,7 @@ class MlflowRunTracker:
             model_type=MODEL_TYPE,
         )
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / "generator.pt")
+            shutil.copyfile(path, Path(tmp) / GENERATOR_FILE)
             self.client.log_model_artifacts(model.model_id, tmp)
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=epoch)])
@@ -379,7 +380,7 @@ def resolve_model(spec: str, tracking_uri: str | None, dest_dir: str | Path) -> 
     if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
         if not path.exists():
             raise FaceganError(f"model not found: {spec} (give a checkpoint file, models:/NAME@ALIAS or runs:/RUN_ID)")
-        return path / "generator.pt" if path.is_dir() else path
+        return path / GENERATOR_FILE if path.is_dir() else path
     client = connect(tracking_uri)
     if spec.startswith("runs:/"):
         run_id, _, epoch = spec[len("runs:/"):].strip("/").partition("/")
@@ -400,7 +401,7 @@ def resolve_model(spec: str, tracking_uri: str | None, dest_dir: str | Path) -> 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FaceganError(f"cannot load model {spec} from {mlflow.get_tracking_uri()}: {reason}") from None
     local = Path(local)
-    return local / "generator.pt" if local.is_dir() else local
+    return local / GENERATOR_FILE if local.is_dir() else local
 
 
 class EvaluationTracker:

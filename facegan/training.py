@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from facegan.checkpoint import load_checkpoint, save_checkpoint
+from facegan.checkpoint import GENERATOR_FILE, load_checkpoint, save_checkpoint
 from facegan.config import Config, TrainConfig
 from facegan.data import Dataset
 from facegan.errors import FaceganError
@@ -440,7 +440,7 @@ class Trainer:
         weights = {name: t.detach().cpu() for name, t in self.gan.generator.state_dict().items()}
         payload = {**self._common(), "kind": "generator", "generator": weights}
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(payload, Path(tmp) / "generator.pt")
+            path = save_checkpoint(payload, Path(tmp) / GENERATOR_FILE)
             self.tracker.log_checkpoint(path, epoch)
 
     def _save_resume(self, payload: dict) -> None:
