@@ -140,10 +140,15 @@ class Evaluation:
             "skipped": [{"checkpoint": label, "reason": reason} for label, reason in self.skipped],
         }
 
+    def _collapsed_and_rank(self) -> tuple[dict[int, bool], dict[int, int]]:
+        """Per epoch: collapsed or not, and the rank by FID (1 = lowest)."""
+        collapsed = dict(zip(self.collapse.epochs, self.collapse.collapsed))
+        by_fid = sorted(self.checkpoints, key=lambda c: c.scores["fid"])
+        return collapsed, {c.epoch: i + 1 for i, c in enumerate(by_fid)}
+
     def table_columns(self) -> dict[str, list]:
         """The ranking as columns (for MLflow's table view)."""
-        collapsed = dict(zip(self.collapse.epochs, self.collapse.collapsed))
-        order = {c.epoch: i + 1 for i, c in enumerate(sorted(self.checkpoints, key=lambda c: c.scores["fid"]))}
+        collapsed, order = self._collapsed_and_rank()
         cols: dict[str, list] = {"epoch": [], "fid_rank": []}
         for key in SCORE_KEYS:
             cols[key] = []
@@ -158,8 +163,7 @@ class Evaluation:
         return cols
 
     def render_table(self) -> str:
-        collapsed = dict(zip(self.collapse.epochs, self.collapse.collapsed))
-        order = {c.epoch: i + 1 for i, c in enumerate(sorted(self.checkpoints, key=lambda c: c.scores["fid"]))}
+        collapsed, order = self._collapsed_and_rank()
         head = f"{'epoch':>7} {'rank':>4} {'FID':>9} {'KID':>8} {'prec':>5} {'recall':>6} {'cover':>5} {'divers':>6} {'dupl':>5}  "
         lines = [head, "-" * len(head)]
         for c in self.checkpoints:
