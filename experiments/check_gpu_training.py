@@ -22,7 +22,7 @@ from facegan.checkpoint import load_checkpoint
 from facegan.config import load_config
 from facegan.data import synthetic_faces
 from facegan.tracking import MemoryTracker
-from facegan.training import select_device, train
+from facegan.training import cpu_has_native_bf16, select_device, train
 
 
 def run(loss, bf16, epochs, faces, device, resume_at=None):
@@ -54,7 +54,7 @@ def main():
     faces = synthetic_faces(args.num_images, 80, seed=0)
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
     for loss in ("dcgan", "wgan", "wgan-gp"):
-        for bf16 in ((False, True) if device == "cuda" else (False,)):
+        for bf16 in ((False, True) if device == "cuda" or cpu_has_native_bf16() else (False,)):
             tracker = run(loss, bf16, args.epochs, faces, device)
             losses = list(tracker.metrics.get("loss_d", {}).values()) + list(tracker.metrics.get("loss_g", {}).values())
             grids = tracker.images["samples"]

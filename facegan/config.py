@@ -72,7 +72,7 @@ class TrainConfig:
     beta2: float | None = None
     seed: int = 0
     device: str = "auto"
-    bf16: bool = False  # bf16 autocast, CUDA only
+    bf16: bool = False  # bf16 autocast: CUDA, or a CPU with AVX512-BF16/AMX
     channels_last: bool = True
 
 

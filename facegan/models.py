@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from facegan.errors import FaceganError
 
@@ -64,8 +65,24 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         # affine=True as in the seed's WGAN-GP critic; BatchNorm would couple the samples that the
         # gradient penalty treats independently.
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels, affine=True)
     return nn.Identity()
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same parameters, same state_dict) computed as a group norm with one
+    channel per group, which is the same function.
+
+    Why: the gradient penalty differentiates the critic twice. PyTorch's instance norm runs as a
+    batch norm over an N*C-channel view with repeated affine weights, and its double backward is
+    composed of many small ops; group norm has native kernels for both. On a 2-core CPU a
+    WGAN-GP critic step is about 5% faster (``experiments/bench_train.py``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

@@ -56,3 +56,37 @@ def test_dcgan_initialisation():
     assert w.std().item() == pytest.approx(0.02, rel=0.02)
     bn = torch.cat([m.weight for m in g.modules() if isinstance(m, nn.BatchNorm2d)])
     assert bn.mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_instance_norm_matches_pytorchs_through_the_penalty_double_backward():
+    """Our group-norm form of InstanceNorm2d against nn.InstanceNorm2d: outputs, state_dict keys,
+    and the gradient-penalty gradients w.r.t. the critic's weights (a double backward)."""
+    from facegan.losses import gradient_penalty
+    from facegan.models import InstanceNorm2d
+
+    torch.manual_seed(0)
+    ours = Discriminator(image_size=32, width=8, norm="instance").double()
+    reference = Discriminator(image_size=32, width=8, norm="instance").double()
+    assert any(isinstance(m, InstanceNorm2d) for m in ours.modules())
+    for name, module in list(reference.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, InstanceNorm2d):
+                plain = nn.InstanceNorm2d(child.num_features, affine=True).double()
+                setattr(module, child_name, plain)
+    assert not any(isinstance(m, InstanceNorm2d) for m in reference.modules())
+    reference.load_state_dict(ours.state_dict())  # same keys, strict
+    for m in ours.modules():  # non-trivial affine parameters
+        if isinstance(m, InstanceNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.3)
+            nn.init.normal_(m.bias, 0.0, 0.3)
+    reference.load_state_dict(ours.state_dict())
+
+    real, fake = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(ours(real), reference(real))
+    grads = []
+    for model in (ours, reference):
+        torch.manual_seed(1)  # the same mixing weights
+        penalty = gradient_penalty(model, real, fake, 10.0)
+        grads.append(torch.autograd.grad(penalty, list(model.parameters())))
+    for g_ours, g_ref in zip(*grads):
+        torch.testing.assert_close(g_ours, g_ref)
