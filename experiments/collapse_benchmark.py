@@ -8,9 +8,13 @@ attribute combinations) and stacked digits (1000 digit triples), both 32 x 32.
    a few anchor points (``z = anchor + t (z - anchor)``, t from 1 to 0). For each set the ground
    truth counts modes and facegan scores it; the Spearman correlation between facegan's diversity
    and coverage and the ground-truth modes is reported per ladder and feature space.
-2. **Training histories**: short DCGAN runs on the synthetic faces, some configured to collapse
-   (a tiny latent, no batch norm in G, a discriminator far ahead) and some not, with frequent
-   checkpoints, trained into a real MLflow store and scored with ``evaluate_run`` (what
+2. **Training histories**: short DCGAN runs on the synthetic faces with frequent checkpoints,
+   some designed to collapse and some not. A designed collapse trains as the stable runs do,
+   then from a set epoch freezes the discriminator (learning rate 0) and raises G's learning
+   rate: G chases the frozen critic's favourite faces, and the ground-truth modes fall by more
+   than half within one epoch on every seed tried. (Configurations meant to collapse by
+   themselves -- a tiny latent, no batch norm in G, a critic far ahead -- never learned at all
+   on this CPU, or wandered without a clear collapse; see the README.) The runs are trained into a real MLflow store and scored with ``evaluate_run`` (what
    ``facegan evaluate --run`` does). Every checkpoint is also classified; per run the table gives
    the ground-truth modes and quality of facegan's choice, of the lowest-FID checkpoint, of the
    last one and of the ground-truth best, and the detected collapse onset against the
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -45,13 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
 
+from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
 from evaluation.metrics import RealReference, score  # noqa: E402
 from evaluation.ranking import evaluate_run, generator_batches  # noqa: E402
 from facegan.checkpoint import load_generator  # noqa: E402
 from facegan.config import load_config  # noqa: E402
 from facegan.data import synthetic_faces  # noqa: E402
-from facegan.training import train  # noqa: E402
+from facegan.training import Trainer, train  # noqa: E402
 
 EXPERIMENT = "facegan-collapse-benchmark"
 GT_ONSET_FALL = 0.20  # ground-truth onset: modes >= 20% below the best so far
@@ -72,6 +78,9 @@ class RunSpec:
     overrides: dict
     designed_to_collapse: bool
     seeds: tuple[int, ...]
+    # The designed collapse: from this many completed epochs on, these learning rates.
+    collapse_after: int | None = None
+    collapse_lr: tuple[float, float] = (1e-2, 0.0)  # (G, D)
 
 
 # Shared by every run: small DCGANs on 32 x 32 synthetic faces, a checkpoint every 2 epochs.
@@ -103,16 +112,14 @@ class Scale:
     epochs: int
     checkpoint_every: int
     num_train_images: int
+    gt_samples: int  # samples per checkpoint the ground truth classifies (the literature uses 26k)
     face_classifier: gt.TrainSettings = gt.FACE_SETTINGS
-    features: tuple[str, ...] = ("random",)
+    # "random", and "encoder": a SimCLR encoder trained on each dataset's real images
+    # (evaluation/encoder.py; facegan evaluate --features torchscript:PATH)
+    features: tuple[str, ...] = ("random", "encoder")
+    encoder: EncoderSettings = EncoderSettings()
 
 
-COLLAPSING = {
-    "model.latent_dim": 4,
-    "model.g_norm": "none",
-    "train.n_critic": 3,
-    "train.lr_d": 1e-3,
-}
 # Learns fastest of the configurations tried on this CPU (pilot, 2000 faces, 80 epochs, ~110 s):
 # ground-truth modes 1, 14, 25, 30, 50, 40, 57, 46, 60 ... up to 61 of 96 by epoch 76, with a
 # passing 30% dip at epoch 40; lr_g 2e-3 alone reached 56, lr_g 5e-3 fluctuated between 7 and 30.
@@ -120,27 +127,30 @@ STABLE = {"train.batch_size": 32, "train.n_critic": 1, "train.lr_g": 2e-3, "trai
 
 SCALES = {
     "full": Scale(
-        name="full", num_real=2000, num_samples=1000,
+        name="full", num_real=2000, num_samples=1000, gt_samples=10000,
         face_modes_ladder=(96, 72, 48, 32, 24, 16, 12, 8, 4, 2, 1),
         digit_modes_ladder=(1000, 700, 500, 300, 200, 100, 50, 20, 10, 5, 2, 1),
         repeats_ladder=(1000, 500, 250, 120, 60, 30, 15, 8, 4, 2, 1),
-        runs=(RunSpec("collapsing", COLLAPSING, True, (0, 1, 2)), RunSpec("stable", STABLE, False, (0, 1))),
-        epochs=24, checkpoint_every=2, num_train_images=2000,
+        runs=(RunSpec("collapsing", STABLE, True, (0, 1, 2), collapse_after=28),
+              RunSpec("stable", STABLE, False, (0, 1))),
+        epochs=40, checkpoint_every=2, num_train_images=2000,
     ),
     "quick": Scale(
-        name="quick", num_real=1000, num_samples=500,
+        name="quick", num_real=1000, num_samples=500, gt_samples=5000,
         face_modes_ladder=(96, 48, 24, 12, 6, 3, 1),
         digit_modes_ladder=(1000, 400, 150, 50, 15, 5, 1),
         repeats_ladder=(500, 150, 50, 15, 5, 1),
-        runs=(RunSpec("collapsing", COLLAPSING, True, (0,)), RunSpec("stable", STABLE, False, (0,))),
-        epochs=40, checkpoint_every=4, num_train_images=2000,
+        runs=(RunSpec("collapsing", STABLE, True, (0, 1), collapse_after=16),
+              RunSpec("stable", STABLE, False, (0,))),
+        epochs=24, checkpoint_every=2, num_train_images=2000,
     ),
     # For tests: seconds, not a measurement.
     "tiny": Scale(
-        name="tiny", num_real=120, num_samples=60,
+        name="tiny", num_real=120, num_samples=60, gt_samples=60, encoder=EncoderSettings(epochs=1, batch_size=32),
         face_modes_ladder=(96, 12, 1), digit_modes_ladder=(1000, 30, 1), repeats_ladder=(60, 6, 1),
-        runs=(RunSpec("collapsing", {**COLLAPSING, "model.g_width": 8, "model.d_width": 8}, True, (0,)),),
-        epochs=2, checkpoint_every=1, num_train_images=64,
+        runs=(RunSpec("collapsing", {**STABLE, "model.g_width": 8, "model.d_width": 8}, True, (0,),
+                      collapse_after=1),),
+        epochs=3, checkpoint_every=1, num_train_images=64,
     ),
 }
 
@@ -274,8 +284,36 @@ def train_run(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str) -> str:
     cfg = load_config(None, overrides=overrides)
     data = synthetic_faces(cfg.data.num_images, cfg.model.image_size, seed=cfg.data.seed)
     tracker = MlflowRunTracker.start(tracking_uri, EXPERIMENT, f"{scale.name}-{spec.name}-seed{seed}")
-    train(cfg, data, tracker, progress=False)
+    if spec.collapse_after is None:
+        train(cfg, data, tracker, progress=False)
+        return tracker.run_id
+    lr_g, lr_d = spec.collapse_lr
+    # The MLflow run says what was done to it.
+    tracker.log_params({"benchmark.collapse_after": spec.collapse_after,
+                        "benchmark.collapse_lr_g": lr_g, "benchmark.collapse_lr_d": lr_d})
+    train(cfg, data, tracker, progress=False,
+          trainer_class=lambda *a, **k: DesignedCollapse(*a, after=spec.collapse_after, lr_g=lr_g, lr_d=lr_d, **k))
     return tracker.run_id
+
+
+class DesignedCollapse(Trainer):
+    """Trains as configured, then from ``after`` completed epochs on with other learning rates.
+
+    With the critic frozen (lr_d 0) and a larger G step, G moves every latent towards what the
+    frozen critic rates most real, so the samples' modes collapse within an epoch.
+    """
+
+    def __init__(self, *args, after: int, lr_g: float, lr_d: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.after, self.lr_g, self.lr_d = after, lr_g, lr_d
+
+    def run_epoch(self, stop=None):
+        if self.epoch >= self.after:
+            for group in self.gan.opt_g.param_groups:
+                group["lr"] = self.lr_g
+            for group in self.gan.opt_d.param_groups:
+                group["lr"] = self.lr_d
+        return super().run_epoch(stop)
 
 
 def checkpoint_truth(run_id: str, tracking_uri: str, classifier, num_samples: int, keep_epoch=None):
@@ -347,6 +385,12 @@ def _index_gap(epochs: list[int], detected: int | None, truth: int | None) -> in
 
 
 def history_targets(runs: list[dict]) -> dict:
+    """Per feature space (``<space>.<target>``) when the runs carry one, else flat."""
+    spaces = sorted({r["features"] for r in runs if "features" in r})
+    if spaces:
+        return {f"{space}.{key}": value for space in spaces
+                for key, value in history_targets([{k: v for k, v in r.items() if k != "features"}
+                                                   for r in runs if r.get("features") == space]).items()}
     collapsing = [r for r in runs if r["gt_onset"] is not None]
     keeps = [r["picks"]["facegan"]["modes"] / max(r["picks"]["gt_best"]["modes"], 1) for r in runs]
     return {
@@ -367,7 +411,8 @@ def history_targets(runs: list[dict]) -> dict:
 def reliability(runs: list[dict]) -> dict:
     """Per configuration: how many seeds showed good-then-collapse in the ground truth."""
     result = {}
-    for run in runs:
+    first_space = runs[0].get("features") if runs else None
+    for run in (r for r in runs if r.get("features") == first_space):  # the ground truth is per run
         entry = result.setdefault(run["config"], {"designed_to_collapse": run["designed_to_collapse"],
                                                   "seeds": 0, "collapsed": 0})
         entry["seeds"] += 1
@@ -375,28 +420,49 @@ def reliability(runs: list[dict]) -> dict:
     return result
 
 
-def run_histories(scale: Scale, tracking_uri: str, features: str, faces: Domain, log) -> tuple[list[dict], object]:
-    """Train and score every run; returns the per-run summaries and a stable run's best generator."""
+def feature_specs(scale: Scale, name: str, real: torch.Tensor, folder: Path) -> tuple[dict[str, str], dict]:
+    """``{label: --features spec}`` for one dataset; trains its encoder when asked for one."""
+    specs, info = {}, {}
+    for space in scale.features:
+        if space != "encoder":
+            specs[space] = space
+            continue
+        started = time.perf_counter()
+        encoder = train_encoder(real, scale.encoder, progress=False)
+        path = save_encoder(encoder, folder / f"encoder-{name}.pt")
+        specs[space] = f"torchscript:{path}"
+        info = {"train_images": int(real.shape[0]), "seconds": round(time.perf_counter() - started, 1)}
+    return specs, info
+
+
+def run_histories(scale: Scale, tracking_uri: str, spaces: dict[str, str], faces: Domain, log
+                  ) -> tuple[list[dict], object]:
+    """Train every run, score it in every feature space (``{label: --features spec}``) and with
+    the ground truth; returns one summary per run and space, and a stable run's best generator."""
     runs, stable_generator = [], None
     for spec in scale.runs:
         for seed in spec.seeds:
             name = f"{spec.name}-seed{seed}"
             started = time.perf_counter()
             run_id = train_run(spec, seed, scale, tracking_uri)
-            trained = time.perf_counter()
-            evaluation = evaluate_run(run_id, features=features, num_samples=scale.num_samples,
-                                      tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
-            scored = time.perf_counter()
+            seconds = {"train": round(time.perf_counter() - started, 1)}
+            started = time.perf_counter()
             keep = None if spec.designed_to_collapse or stable_generator is not None else gt_best_epoch
-            truth, kept = checkpoint_truth(run_id, tracking_uri, faces.classifier, scale.num_samples, keep)
+            truth, kept = checkpoint_truth(run_id, tracking_uri, faces.classifier, scale.gt_samples, keep)
             stable_generator = stable_generator or kept
-            summary = summarise_run(name, seed, spec, evaluation, truth)
-            summary["seconds"] = {"train": round(trained - started, 1), "evaluate": round(scored - trained, 1),
-                                  "ground_truth": round(time.perf_counter() - scored, 1)}
-            runs.append(summary)
-            log(f"  {name}: GT modes by checkpoint "
-                f"{[c['gt']['modes'] for c in summary['checkpoints']]}, facegan onset {summary['detected_onset']}, "
-                f"GT onset {summary['gt_onset']} ({summary['seconds']})")
+            seconds["ground_truth"] = round(time.perf_counter() - started, 1)
+            log(f"  {name}: GT modes by checkpoint {[truth[e]['modes'] for e in sorted(truth)]}, "
+                f"GT onset {gt_onset(sorted(truth), [truth[e]['modes'] for e in sorted(truth)])}")
+            for label, features in spaces.items():
+                started = time.perf_counter()
+                evaluation = evaluate_run(run_id, features=features, num_samples=scale.num_samples,
+                                          tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
+                summary = summarise_run(name, seed, spec, evaluation, truth)
+                summary["features"] = label
+                summary["seconds"] = {**seconds, "evaluate": round(time.perf_counter() - started, 1)}
+                runs.append(summary)
+                log(f"    [{label}] choice epoch {summary['picks']['facegan']['epoch']}, "
+                    f"onset {summary['detected_onset']} ({summary['seconds']['evaluate']} s)")
     return runs, stable_generator
 
 
@@ -426,12 +492,13 @@ def markdown(result: dict) -> str:
                          f"{_fmt(values['coverage'])} | {modes} |")
     lines += ["", "## Training histories (faces, 32 x 32)", "",
               "GT modes / confident share at each pick; onsets in epochs.", "",
-              "| run | facegan choice | lowest FID | last | GT best | detected onset | GT onset |",
-              "|---|---|---|---|---|---|---|"]
+              "| run | features | facegan choice | lowest FID | last | GT best | detected onset | GT onset |",
+              "|---|---|---|---|---|---|---|---|"]
     for run in result["histories"]["runs"]:
         cells = [f"{p['modes']} / {p['confident_share']:.2f} (ep {p['epoch']})"
                  for p in (run["picks"][k] for k in ("facegan", "lowest_fid", "last", "gt_best"))]
-        lines.append(f"| {run['run']} | " + " | ".join(cells) + f" | {run['detected_onset']} | {run['gt_onset']} |")
+        lines.append(f"| {run['run']} | {run.get('features', '')} | " + " | ".join(cells)
+                     + f" | {run['detected_onset']} | {run['gt_onset']} |")
     lines += ["", "Reliability (seeds whose ground truth shows good-then-collapse): "
               + ", ".join(f"{k}: {v['collapsed']}/{v['seeds']}" for k, v in result["histories"]["reliability"].items()),
               "", "## Targets", ""]
@@ -472,7 +539,7 @@ def _flat_figures(result: dict) -> dict[str, float]:
                     figures[f"spearman.{key.replace('/', '.')}.{space}.{metric}"] = value
     for run in result["histories"]["runs"]:
         for pick, values in run["picks"].items():
-            figures[f"modes.{run['run']}.{pick}"] = values["modes"]
+            figures[f"modes.{run['run']}.{run.get('features', '')}.{pick}"] = values["modes"]
     for key, value in result["targets"].items():
         if isinstance(value, (bool, int, float)) and value is not None:
             figures[f"target.{key}"] = float(value)
@@ -488,7 +555,7 @@ def headline(result: dict) -> dict:
         "classifier_accuracy": {k: v["held_out_accuracy"] for k, v in result["ground_truth"].items()},
         "real_set_modes": {k: v["real_set"]["modes"] for k, v in result["ground_truth"].items()},
         "spearman": {key: ladder["spearman"] for key, ladder in result["ladders"].items()},
-        "runs": {r["run"]: {"modes": {k: v["modes"] for k, v in r["picks"].items()},
+        "runs": {f"{r['run']}/{r.get('features', '')}": {"modes": {k: v["modes"] for k, v in r["picks"].items()},
                             "epochs": {k: v["epoch"] for k, v in r["picks"].items()},
                             "detected_onset": r["detected_onset"], "gt_onset": r["gt_onset"]}
                  for r in result["histories"]["runs"]},
@@ -540,9 +607,18 @@ def main(argv: list[str] | None = None) -> dict:
     connect(args.tracking_uri)  # create the store once, before anything else touches it
     domains, ground_truth = make_domains(scale)
     log(f"ground truth ready: {json.dumps({k: v['held_out_accuracy'] for k, v in ground_truth.items()})}")
-    extractors = {space: get_extractor(space) for space in scale.features}
+    encoder_dir = Path(tempfile.mkdtemp(prefix="facegan-encoders-"))
+    specs, encoders = {}, {}
+    for domain in domains:
+        # The faces' encoder learns from the training runs' own images, as a user's would.
+        train_images = (synthetic_faces(scale.num_train_images, gt.IMAGE_SIZE, seed=0).images
+                        if domain.name == "faces" else domain.real)
+        specs[domain.name], encoders[domain.name] = feature_specs(scale, domain.name, train_images, encoder_dir)
+        log(f"feature spaces for {domain.name}: {specs[domain.name]} ({encoders[domain.name]})")
+    extractors = {name: {space: get_extractor(spec) for space, spec in specs[name].items()} for name in specs}
     references = {
-        domain.name: {space: RealReference.from_features(ex.extract(domain.real)) for space, ex in extractors.items()}
+        domain.name: {space: RealReference.from_features(ex.extract(domain.real))
+                      for space, ex in extractors[domain.name].items()}
         for domain in domains
     }
 
@@ -550,15 +626,17 @@ def main(argv: list[str] | None = None) -> dict:
     for domain in domains:
         for kind, sets in (("modes", modes_ladder(domain, scale.num_samples)),
                            ("repeats", repeats_ladder(domain, scale.num_samples, scale.repeats_ladder))):
-            ladders[f"{domain.name}/{kind}"] = score_ladder(sets, domain, extractors, references[domain.name])
+            ladders[f"{domain.name}/{kind}"] = score_ladder(sets, domain, extractors[domain.name],
+                                                            references[domain.name])
             log(f"ladder {domain.name}/{kind}: {ladders[f'{domain.name}/{kind}']['spearman']}")
 
     faces = domains[0]
-    runs, generator = run_histories(scale, args.tracking_uri, scale.features[0], faces, log)
+    runs, generator = run_histories(scale, args.tracking_uri, specs["faces"], faces, log)
     if generator is not None:
         ladders["faces/truncation"] = score_ladder(truncation_ladder(generator, scale.num_samples), faces,
-                                                   extractors, references["faces"])
+                                                   extractors["faces"], references["faces"])
         log(f"ladder faces/truncation: {ladders['faces/truncation']['spearman']}")
+    shutil.rmtree(encoder_dir, ignore_errors=True)
 
     result = {
         "scale": scale.name,
@@ -567,7 +645,8 @@ def main(argv: list[str] | None = None) -> dict:
         "num_samples": scale.num_samples,
         "settings": {"runs": [asdict(r) for r in scale.runs], "base_overrides": BASE_OVERRIDES,
                      "epochs": scale.epochs, "checkpoint_every": scale.checkpoint_every,
-                     "num_train_images": scale.num_train_images, "features": list(scale.features)},
+                     "num_train_images": scale.num_train_images, "features": list(scale.features),
+                     "gt_samples": scale.gt_samples, "encoder": asdict(scale.encoder), "encoders": encoders},
         "ground_truth": ground_truth,
         "ladders": ladders,
         "histories": {"runs": runs, "reliability": reliability(runs)},

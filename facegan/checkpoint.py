@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
 from pathlib import Path
 
 import torch
@@ -31,12 +33,18 @@ GENERATOR_FILE = "generator.pt"  # file name inside an MLflow LoggedModel's arti
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``:
+    a crash leaves the old file or none, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -185,7 +185,8 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
               "with --run it replaces the run's own training data.")
 @click.option("--features", default="inception", show_default=True,
               help="Feature space: inception (standard FID; downloads weights once), random (offline, "
-                   "ranks within a study only) or torchscript:PATH (your own network).")
+                   "ranks within a study only) or torchscript:PATH (your own network, or one from "
+                   "`facegan encoder`).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="Local pt_inception-2015-12-05 weights file for offline machines [env: FACEGAN_INCEPTION_WEIGHTS].")
 @click.option("--num-samples", type=int, default=2000, show_default=True,
@@ -237,6 +238,51 @@ def evaluate(run, samples, real, features, inception_weights, num_samples, json_
     if json_path:
         ranking.write_json(result, json_path)
         click.echo(f"wrote {json_path}")
+
+
+# ----------------------------------------------------------------------------------------------
+# encoder
+
+
+@main.command()
+@click.option("--data", default="synthetic", show_default=True,
+              help="Real images: `synthetic`, a file from `facegan prepare`, or an image folder.")
+@click.option("--num-images", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Images used (as `facegan train --num-images`).")
+@click.option("--image-size", type=int, default=80, show_default=True,
+              help="Size the data is loaded at, as the run's; the encoder itself sees 32 x 32.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the built-in synthetic faces.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="TorchScript file to write, e.g. encoder.pt.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the encoder's training.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, quiet):
+    """Learn a feature space from real images, offline, for `facegan evaluate`.
+
+    Trains a small CNN self-supervised (SimCLR: two random crops, shifts and mirrors of each
+    image must match; colours are left alone) on the real images and writes it as TorchScript.
+    It needs no download and, unlike `random`, learns what tells these faces apart. Use it with
+    `facegan evaluate --features torchscript:OUT`; train it once per dataset and keep the file,
+    since scores from two encoders are not comparable. About 2 minutes for 2000 images on 2
+    CPU cores.
+    """
+    import time
+    from pathlib import Path
+
+    from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
+    from facegan.data import load_data
+
+    if Path(out).exists() and not force:
+        raise FaceganError(f"{out} exists; pass --force to replace it")
+    dataset = load_data(data, num_images=num_images, image_size=image_size, seed=data_seed, progress=not quiet)
+    started = time.perf_counter()
+    model = train_encoder(dataset.images, EncoderSettings(epochs=epochs, seed=seed), progress=not quiet)
+    save_encoder(model, out)
+    click.echo(f"trained on {dataset.images.shape[0]} images in {time.perf_counter() - started:.0f} s; "
+               f"use: facegan evaluate --features torchscript:{out}", err=True)
+    click.echo(f"encoder: {out}")
 
 
 # ----------------------------------------------------------------------------------------------

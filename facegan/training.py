@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -532,10 +532,20 @@ def fetch_resume_payload(tracker: RunTracker) -> dict:
 
 
 def train(
-    cfg: Config, dataset: Dataset, tracker: RunTracker, *, resume_payload: dict | None = None, progress: bool = True
+    cfg: Config,
+    dataset: Dataset,
+    tracker: RunTracker,
+    *,
+    resume_payload: dict | None = None,
+    progress: bool = True,
+    trainer_class: Callable[..., Trainer] | None = None,
 ) -> Trainer:
-    """Train one run, or continue it from ``resume_payload``; marks it FINISHED, KILLED or FAILED."""
-    trainer = Trainer(cfg, dataset, tracker, progress=progress)
+    """Train one run, or continue it from ``resume_payload``; marks it FINISHED, KILLED or FAILED.
+
+    ``trainer_class`` (default :class:`Trainer`) lets experiments change the loop, e.g. the
+    collapse benchmark's designed collapse, with the same logging and run lifecycle.
+    """
+    trainer = (trainer_class or Trainer)(cfg, dataset, tracker, progress=progress)
     if resume_payload is not None:
         trainer.restore(resume_payload)
         if trainer.epoch >= cfg.train.epochs:

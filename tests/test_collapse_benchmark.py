@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
@@ -48,11 +49,14 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     figures = json.loads(last)
     assert figures["scale"] == "tiny"
     assert set(figures["spearman"]) >= {"faces/modes", "faces/repeats", "digits/modes", "digits/repeats"}
-    assert "collapsing-seed0" in figures["runs"]
+    assert set(figures["runs"]) == {"collapsing-seed0/random", "collapsing-seed0/encoder"}
+    assert set(figures["spearman"]["faces/modes"]) == {"random", "encoder"}
     assert figures["mlflow_study_run"]
     written = json.loads((tmp_path / "out" / "collapse_benchmark-tiny.json").read_text())
     run = written["histories"]["runs"][0]
-    assert [c["epoch"] for c in run["checkpoints"]] == [1, 2]
+    assert [r["features"] for r in written["histories"]["runs"]] == ["random", "encoder"]
+    assert any(key.startswith("encoder.") for key in written["targets"])
+    assert [c["epoch"] for c in run["checkpoints"]] == [1, 2, 3]
     assert set(run["picks"]) == {"facegan", "lowest_fid", "last", "gt_best"}
     assert (tmp_path / "out" / "collapse_benchmark-tiny.md").read_text().startswith("# Collapse benchmark")
 
@@ -61,5 +65,36 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     client = tracking.connect(tracking_uri)
     study = client.get_run(figures["mlflow_study_run"])
     assert study.data.params["scale"] == "tiny"
+    trained = client.get_run(run["run_id"])  # the designed collapse is recorded on its run
+    assert trained.data.params["benchmark.collapse_after"] == "1"
+    assert float(trained.data.params["benchmark.collapse_lr_d"]) == 0.0
     assert {a.path for a in client.list_artifacts(study.info.run_id)} >= {
         "collapse_benchmark-tiny.json", "collapse_benchmark-tiny.md"}
+
+
+def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():
+    from facegan.config import load_config
+    from facegan.data import synthetic_faces
+    from facegan.tracking import MemoryTracker
+    from facegan.training import train
+
+    overrides = {**bench.BASE_OVERRIDES, "model.g_width": 8, "model.d_width": 8, "train.batch_size": 16,
+                 "train.n_critic": 1, "train.epochs": 3, "tracking.checkpoint_every": 1}
+    cfg = load_config(None, overrides=overrides)
+    faces = synthetic_faces(32, 32, seed=0)
+    snapshots = {}
+
+    class Recording(bench.DesignedCollapse):
+        def run_epoch(self, stop=None):
+            snapshots[self.epoch] = [p.detach().clone() for p in self.gan.discriminator.parameters()]
+            return super().run_epoch(stop)
+
+    tracker = MemoryTracker()
+    trainer = train(cfg, faces, tracker, progress=False,
+                    trainer_class=lambda *a, **k: Recording(*a, after=1, lr_g=5e-3, lr_d=0.0, **k))
+    assert tracker.status == "FINISHED" and set(tracker.metrics["loss_d"]) == {1, 2, 3}
+    assert [g["lr"] for g in trainer.gan.opt_g.param_groups] == [5e-3]
+    # The critic learned in epoch 1 and not after.
+    assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1]))
+    final = list(trainer.gan.discriminator.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], final))

@@ -1,0 +1,87 @@
+"""The self-supervised encoder: its loss against a direct reference, its views, its TorchScript
+file as a feature space, and the `facegan encoder` command."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.encoder import EncoderSettings, nt_xent, random_views, save_encoder, train_encoder
+from evaluation.features import get_extractor
+from facegan.data import synthetic_faces
+from facegan.errors import FaceganError
+
+from conftest import assert_clean_error
+
+
+def test_nt_xent_matches_a_direct_computation():
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    t = 0.5
+    z = np.concatenate([a.numpy(), b.numpy()])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = 3
+    losses = []
+    for i in range(2 * n):
+        partner = (i + n) % (2 * n)
+        others = [math.exp(z[i] @ z[k] / t) for k in range(2 * n) if k != i]
+        losses.append(-math.log(math.exp(z[i] @ z[partner] / t) / sum(others)))
+    assert nt_xent(a, b, t).item() == pytest.approx(np.mean(losses), rel=1e-10)
+
+
+def test_views_keep_shape_and_range_and_differ_per_image():
+    images = torch.rand(6, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    a, b = random_views(images, gen), random_views(images, gen)
+    assert a.shape == images.shape
+    assert a.min() >= 0 and a.max() <= 1
+    assert not torch.allclose(a, b)
+    # a uniform image stays uniform under any crop, shift or mirror (colours are never touched)
+    flat = torch.full((4, 3, 32, 32), 0.3)
+    torch.testing.assert_close(random_views(flat, gen), flat)
+
+
+def test_trained_encoder_is_a_torchscript_feature_space(tmp_path):
+    faces = synthetic_faces(64, 32, seed=0).images
+    encoder = train_encoder(faces, EncoderSettings(epochs=2, batch_size=32, width=8), progress=False)
+    path = save_encoder(encoder, tmp_path / "enc.pt")
+    extractor = get_extractor(f"torchscript:{path}")
+    assert extractor.input_size == 32 and extractor.dim == 64
+    features = extractor.extract(faces[:10])
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+    # the file gives what the module gives (inputs 0..1), also for 80 px images resized to 32
+    with torch.inference_mode():
+        direct = encoder(faces[:10].float() / 255).double().numpy()
+    np.testing.assert_allclose(features, direct, atol=1e-4)
+    big = synthetic_faces(4, 80, seed=1).images
+    assert extractor.extract(big).shape == (4, 64)
+
+
+def test_training_is_deterministic_and_validates_input():
+    faces = synthetic_faces(32, 32, seed=0).images
+    settings = EncoderSettings(epochs=1, batch_size=16, width=8)
+    a, b = train_encoder(faces, settings, progress=False), train_encoder(faces, settings, progress=False)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(p, q)
+    with pytest.raises(FaceganError, match="uint8"):
+        train_encoder(faces.float(), settings, progress=False)
+    with pytest.raises(FaceganError, match="epochs"):
+        train_encoder(faces, EncoderSettings(epochs=0), progress=False)
+
+
+def test_cli_trains_writes_and_refuses_to_overwrite(cli, tmp_path):
+    args = ["encoder", "--num-images", "32", "--image-size", "32", "--epochs", "1", "--out", "enc.pt", "--quiet"]
+    proc = cli(*args)
+    assert proc.stdout.strip().splitlines()[-1] == "encoder: enc.pt"
+    assert "--features torchscript:enc.pt" in proc.stderr
+    written = (tmp_path / "enc.pt").read_bytes()
+    assert get_extractor(f"torchscript:{tmp_path / 'enc.pt'}").dim == 256
+
+    again = cli(*args, check=False)
+    assert_clean_error(again, r"enc.pt exists; pass --force")
+    assert (tmp_path / "enc.pt").read_bytes() == written  # nothing lost
+
+    missing = cli("encoder", "--data", "no-such.pt", "--out", "other.pt", "--quiet", check=False)
+    assert_clean_error(missing, r"no-such.pt")
+    assert not (tmp_path / "other.pt").exists()
