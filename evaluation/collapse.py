@@ -25,11 +25,17 @@ The rule, in plain words:
 2. A drop is **collapse** when it lasts: ``patience`` consecutive checkpoints (default 2) all show
    a drop, or the drops reach the last checkpoint. Each checkpoint of such a stretch is marked
    collapsed; a single dip that recovers at the next checkpoint is not.
-3. The **onset** is the first collapsed checkpoint. Only falls from the best so far count, so
+3. The **onset** is the first checkpoint of the collapse the run never recovers from: the stretch
+   of drops that reaches the last checkpoint. A collapsed stretch followed by a checkpoint with
+   no drop (back within tolerance of the best so far) was a **passing** collapse: GANs often
+   hop between modes and come back, and the checkpoints after it are as good as any before.
+   Passing collapses are reported (``passing_epochs``) and their checkpoints never chosen, but
+   they do not end the search for the best checkpoint. Only falls from the best so far count, so
    early checkpoints that are still learning (low but rising scores) are never collapse.
 
 The **choice** (:func:`choose_best`) is the checkpoint with the lowest FID before the onset (all
-checkpoints when there is none), skipping checkpoints that themselves show a drop. Checkpoints
+checkpoints when there is none), skipping checkpoints that themselves show a drop (passing
+collapses included). Checkpoints
 whose KID differs from that one's by less than their combined KID noise
 (``sqrt(kid_std_a² + kid_std_b²)``) are a tie; among ties the higher coverage wins, so the
 choice leans to the checkpoint that misses fewer faces.
@@ -50,7 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = ["Choice", "CollapseResult", "choose_best", "detect_collapse"]
 
@@ -68,8 +74,9 @@ class CollapseResult:
         collapsed: whether each checkpoint is part of a sustained drop.
         drops: why each checkpoint shows a drop (empty list: it does not), e.g.
             ``["coverage 0.412 < best 0.800 - 0.050"]``.
-        onset_epoch: the first collapsed checkpoint's epoch, or None.
+        onset_epoch: the first checkpoint of the collapse the run does not recover from, or None.
         thresholds: every number the rule used, for the output and the README.
+        passing_epochs: first checkpoint of each collapse the run recovered from.
     """
 
     epochs: list[int]
@@ -77,6 +84,7 @@ class CollapseResult:
     drops: list[list[str]]
     onset_epoch: int | None
     thresholds: dict[str, float]
+    passing_epochs: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of all fields."""
@@ -180,7 +188,9 @@ def detect_collapse(
                 )
         drops.append(reasons)
 
+    epochs = [int(c["epoch"]) for c in checkpoints]
     collapsed = [False] * len(checkpoints)
+    onset, passing = None, []
     start = 0
     while start < len(checkpoints):
         if not drops[start]:
@@ -189,12 +199,14 @@ def detect_collapse(
         end = start
         while end < len(checkpoints) and drops[end]:
             end += 1
-        if end - start >= patience or end == len(checkpoints):
+        if end == len(checkpoints):  # never recovered
             collapsed[start:end] = [True] * (end - start)
+            onset = epochs[start]
+        elif end - start >= patience:  # lasted, then came back: a passing collapse
+            collapsed[start:end] = [True] * (end - start)
+            passing.append(epochs[start])
         start = end
 
-    epochs = [int(c["epoch"]) for c in checkpoints]
-    onset = next((epoch for epoch, flag in zip(epochs, collapsed) if flag), None)
     thresholds = {
         "patience": patience,
         "sigmas": sigmas,
@@ -206,7 +218,8 @@ def detect_collapse(
         "duplicate_floor": duplicate_floor,
         **{f"noise_{key}": float(noise[key]) for key in _NOISE_KEYS},
     }
-    return CollapseResult(epochs=epochs, collapsed=collapsed, drops=drops, onset_epoch=onset, thresholds=thresholds)
+    return CollapseResult(epochs=epochs, collapsed=collapsed, drops=drops, onset_epoch=onset,
+                          thresholds=thresholds, passing_epochs=passing)
 
 
 def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseResult) -> Choice:
@@ -233,7 +246,9 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
         scope = f"before the collapse onset at epoch {onset}"
     steady = [c for c in pool if not drops[c["epoch"]]]
     if steady and len(steady) < len(pool):
-        scope += ", skipping checkpoints with a transient drop"
+        scope += ", skipping checkpoints with a drop" + (
+            f" (passing collapse at epoch {', '.join(map(str, collapse.passing_epochs))})"
+            if collapse.passing_epochs else "")
     pool = steady or pool
 
     lowest = min(pool, key=lambda c: c["fid"])

@@ -174,7 +174,8 @@ class Evaluation:
             if c.epoch == self.collapse.onset_epoch:
                 mark.append("<- collapse onset")
             elif collapsed[c.epoch]:
-                mark.append("collapsed")
+                mark.append("collapsed" if self.collapse.onset_epoch is not None
+                            and c.epoch > self.collapse.onset_epoch else "passing collapse")
             lines.append(
                 f"{c.epoch:>7} {order[c.epoch]:>4} {s['fid']:>9.3f} {s['kid']:>8.4f} {s['precision']:>5.2f} "
                 f"{s['recall']:>6.2f} {s['coverage']:>5.2f} {s['diversity']:>6.2f} {s['duplicate_share']:>5.2f}  "
@@ -184,7 +185,9 @@ class Evaluation:
         lines += [
             "",
             f"best checkpoint: epoch {self.choice.epoch} ({self.choice.reason})",
-            f"collapse onset: {'none detected' if onset is None else f'epoch {onset}'}",
+            f"collapse onset: {'none detected' if onset is None else f'epoch {onset}'}"
+            + (f" (passing collapses, recovered from: epochs {', '.join(map(str, self.collapse.passing_epochs))})"
+               if self.collapse.passing_epochs else ""),
             f"features: {self.features} — {self.note}",
         ]
         for label, reason in self.skipped:

@@ -76,7 +76,31 @@ def test_a_single_dip_that_recovers_is_not_collapse():
     # The dipped checkpoint is never chosen, even with the lowest FID.
     checkpoints[3]["fid"] = 1.0
     assert choose_best(checkpoints, result).epoch != 400
-    assert detect_collapse(checkpoints, NOISE, patience=1).onset_epoch == 400
+    strict = detect_collapse(checkpoints, NOISE, patience=1)  # one checkpoint is enough to count...
+    assert strict.collapsed[3] and strict.passing_epochs == [400]
+    assert strict.onset_epoch is None  # ...but the run came back: a passing collapse, not the onset
+
+
+def test_a_lasting_collapse_the_run_recovers_from_is_passing():
+    coverage = [0.3, 0.7, 0.8, 0.5, 0.45, 0.5, 0.79, 0.84, 0.85]
+    fid = [80, 40, 30, 60, 65, 60, 29, 25, 27]
+    checkpoints = run(coverage, fid=fid)
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch is None
+    assert result.passing_epochs == [400]
+    assert result.collapsed == [False] * 3 + [True] * 3 + [False] * 3
+    choice = choose_best(checkpoints, result)
+    assert choice.epoch == 800  # after the passing collapse: the run got better than before it
+    assert "passing collapse at epoch 400" in choice.reason
+
+
+def test_after_a_passing_collapse_a_final_one_is_the_onset():
+    coverage = [0.3, 0.7, 0.8, 0.5, 0.45, 0.81, 0.84, 0.5, 0.4]
+    checkpoints = run(coverage)
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.passing_epochs == [400]
+    assert result.onset_epoch == 800
+    assert choose_best(checkpoints, result).epoch == 700
 
 
 def test_a_drop_at_the_last_checkpoint_is_collapse():
