@@ -126,6 +126,7 @@ class Evaluation:
             "features_note": self.note,
             "best_epoch": self.choice.epoch,
             "collapse_epoch": self.collapse.onset_epoch,
+            "passing_collapse_epochs": self.collapse.passing_epochs,
             "choice_reason": self.choice.reason,
             "run_id": self.run_id,
             "registered": self.registered,

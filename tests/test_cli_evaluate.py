@@ -133,6 +133,7 @@ def test_samples_mode_finds_the_planted_onset(cli, planted, tmp_path, kind):
                "--json", "out.json", "--quiet", env={"FACEGAN_CACHE_DIR": str(tmp_path / "cache")})
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["collapse_epoch"] == 50, proc.stdout
+    assert result["passing_collapse_epochs"] == []  # the planted collapse lasts to the end
     assert result["best_epoch"] in (10, 20, 30, 40)
     scores = {c["epoch"]: c for c in result["checkpoints"]}
     if kind == "collapse":
