@@ -13,7 +13,8 @@ encoders are not comparable.
 
 Example:
     >>> from facegan.data import synthetic_faces
-    >>> encoder = train_encoder(synthetic_faces(64, 32, seed=0).images, epochs=1, progress=False)
+    >>> faces = synthetic_faces(64, 32, seed=0).images
+    >>> encoder = train_encoder(faces, EncoderSettings(epochs=1, batch_size=32), progress=False)
     >>> encoder(torch.rand(2, 3, 32, 32)).shape
     torch.Size([2, 256])
 """
@@ -39,7 +40,7 @@ INPUT_SIZE = 32  # what the encoder sees; every extractor resizes to its input s
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """SimCLR settings; the defaults train in about a minute on 2 CPU cores for 2000 images."""
+    """SimCLR settings; the defaults train in about 90 s on 2 CPU cores for 2000 images."""
 
     epochs: int = 30
     batch_size: int = 256
@@ -138,7 +139,8 @@ def train_encoder(images: torch.Tensor, settings: EncoderSettings = EncoderSetti
         for step in range(steps_per_epoch):
             batch = data[order[step * batch_size:(step + 1) * batch_size]]
             a, b = random_views(batch, generator), random_views(batch, generator)
-            # The encoder's own (normalised) output feeds the head through its pre-norm pooling.
+            # As in SimCLR, the loss sits on a projection head over the pooled features; the
+            # features kept for scoring are the pooled ones (normalised in Encoder.forward).
             loss = nt_xent(head(_pooled(encoder, a)), head(_pooled(encoder, b)), settings.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -76,7 +76,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     Why: the gradient penalty differentiates the critic twice. PyTorch's instance norm runs as a
     batch norm over an N*C-channel view with repeated affine weights, and its double backward is
     composed of many small ops; group norm has native kernels for both. On a 2-core CPU a
-    WGAN-GP critic step is about 5% faster (``experiments/bench_train.py``).
+    WGAN-GP training step is about 4% faster (``experiments/bench_train.py``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
