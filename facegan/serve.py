@@ -25,6 +25,7 @@ import ipaddress
 import json
 import math
 import os
+import signal
 import socket
 import socketserver
 import sys
@@ -388,17 +389,34 @@ def run_editor(model: LoadedModel, host: str, port: int, *, log=None) -> None:
     # One face is a few milliseconds of small convolutions: more threads add synchronisation,
     # and on a shared machine wait for each other. Set before any parallel work: changing the
     # pool size after it has run has aborted the process at exit ("terminate called").
-    torch.set_num_threads(1)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     server = EditorServer(None, host, port)
     server.editor = FaceEditor(model.generator, cached_directions(model, log=log), model.description)
     if not is_loopback(host):
         log(f"warning: listening on {host}: the editor is reachable from the network, without any login")
-    print(f"facegan editor on {server.url} — Ctrl-C to stop", flush=True)
-    print(f"model: {model.description}", flush=True)
+    stopping = threading.Event()
+
+    def request_stop(signum, frame):
+        # Ctrl-C asks serve_forever to return instead of raising wherever the main thread happens
+        # to be (inside a print, inside socketserver's bookkeeping); a second one stops at once.
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
     try:
+        previous = signal.signal(signal.SIGINT, request_stop)
+    except ValueError:  # not the main thread: leave Ctrl-C to whoever owns it
+        previous = None
+    try:
+        print(f"facegan editor on {server.url} — Ctrl-C to stop", flush=True)
+        print(f"model: {model.description}", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         server.server_close()
     log("stopped")
