@@ -11,12 +11,15 @@ attribute combinations) and stacked digits (1000 digit triples), both 32 x 32.
 2. **Training histories**: short DCGAN runs on the synthetic faces with frequent checkpoints,
    some designed to collapse and some not. A designed collapse trains as the stable runs do,
    then from a set epoch freezes the discriminator (learning rate 0) and raises G's learning
-   rate: G chases the frozen critic's favourite faces, and the ground-truth modes fall by more
-   than half within one epoch on every seed tried. (Configurations meant to collapse by
+   rate: G chases the frozen critic's favourite faces, and the ground-truth modes fell by 20% to
+   76% by the next checkpoint on every seed tried. (Configurations meant to collapse by
    themselves -- a tiny latent, no batch norm in G, a critic far ahead -- never learned at all
-   on this CPU, or wandered without a clear collapse; see the README.) The runs are trained into a real MLflow store and scored with ``evaluate_run`` (what
-   ``facegan evaluate --run`` does). Every checkpoint is also classified; per run the table gives
-   the ground-truth modes and quality of facegan's choice, of the lowest-FID checkpoint, of the
+   on this CPU, or wandered without a clear collapse; see the README.) The runs are trained
+   into a real MLflow store and scored with ``evaluate_run`` (what ``facegan evaluate --run``
+   does) in each feature space: ``random`` and ``encoder``, a SimCLR encoder trained on the
+   real images (``evaluation/encoder.py``, ``facegan encoder``). Every checkpoint is also
+   classified, on 10x as many samples as facegan scores; per run the table gives the
+   ground-truth modes and quality of facegan's choice, of the lowest-FID checkpoint, of the
    last one and of the ground-truth best, and the detected collapse onset against the
    ground-truth onset (the first checkpoint whose modes fall >= 20% below the best so far).
 3. The same at 80 x 80 on a GPU: skipped with a note when none is available.
