@@ -11,7 +11,7 @@ attribute combinations) and stacked digits (1000 digit triples), both 32 x 32.
 2. **Training histories**: short DCGAN runs on the synthetic faces with frequent checkpoints,
    some designed to collapse and some not. A designed collapse trains as the stable runs do,
    then from a set epoch freezes the discriminator (learning rate 0) and raises G's learning
-   rate: G chases the frozen critic's favourite faces, and the ground-truth modes fell by 20% to
+   rate: G chases the frozen critic's favourite faces, and the ground-truth modes fell by 19% to
    76% by the next checkpoint on every seed tried. (Configurations meant to collapse by
    themselves -- a tiny latent, no batch norm in G, a critic far ahead -- never learned at all
    on this CPU, or wandered without a clear collapse; see the README.) The runs are trained
