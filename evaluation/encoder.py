@@ -80,8 +80,11 @@ class Encoder(nn.Module):
         if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        x = self.body(images * 2 - 1)
-        return F.normalize(x.mean(dim=(2, 3)), dim=1)
+        return F.normalize(self.pooled(images), dim=1)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """Un-normalised pooled features of 32 x 32 images in [0, 1] (what SimCLR's head sees)."""
+        return self.body(images * 2 - 1).mean(dim=(2, 3))
 
 
 def random_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -141,7 +144,7 @@ def train_encoder(images: torch.Tensor, settings: EncoderSettings = EncoderSetti
             a, b = random_views(batch, generator), random_views(batch, generator)
             # As in SimCLR, the loss sits on a projection head over the pooled features; the
             # features kept for scoring are the pooled ones (normalised in Encoder.forward).
-            loss = nt_xent(head(_pooled(encoder, a)), head(_pooled(encoder, b)), settings.temperature)
+            loss = nt_xent(head(encoder.pooled(a)), head(encoder.pooled(b)), settings.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -150,10 +153,6 @@ def train_encoder(images: torch.Tensor, settings: EncoderSettings = EncoderSetti
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return encoder.eval()
-
-
-def _pooled(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
-    return encoder.body(images * 2 - 1).mean(dim=(2, 3))
 
 
 def save_encoder(encoder: Encoder, path: str | Path) -> Path:

@@ -388,12 +388,15 @@ def _index_gap(epochs: list[int], detected: int | None, truth: int | None) -> in
 
 
 def history_targets(runs: list[dict]) -> dict:
-    """Per feature space (``<space>.<target>``) when the runs carry one, else flat."""
+    """The history targets per feature space (``<space>.<target>``) when runs carry one, else flat."""
     spaces = sorted({r["features"] for r in runs if "features" in r})
-    if spaces:
-        return {f"{space}.{key}": value for space in spaces
-                for key, value in history_targets([{k: v for k, v in r.items() if k != "features"}
-                                                   for r in runs if r.get("features") == space]).items()}
+    if not spaces:
+        return _space_targets(runs)
+    return {f"{space}.{key}": value for space in spaces
+            for key, value in _space_targets([r for r in runs if r.get("features") == space]).items()}
+
+
+def _space_targets(runs: list[dict]) -> dict:
     collapsing = [r for r in runs if r["gt_onset"] is not None]
     keeps = [r["picks"]["facegan"]["modes"] / max(r["picks"]["gt_best"]["modes"], 1) for r in runs]
     return {
