@@ -262,11 +262,12 @@ def evaluate(run, samples, real, features, inception_weights, num_samples, json_
 def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, quiet):
     """Learn a feature space from real images, offline, for `facegan evaluate`.
 
-    Trains a small CNN self-supervised (SimCLR: two random crops, shifts and mirrors of each
-    image must match; colours are left alone) on the real images and writes it as TorchScript.
+    Trains a small CNN self-supervised (SimCLR: two random views of each image, cropped,
+    shifted, mirrored and slightly colour-jittered, must match) on the real images and writes
+    it as TorchScript.
     It needs no download and, unlike `random`, learns what tells these faces apart. Use it with
     `facegan evaluate --features torchscript:OUT`; train it once per dataset and keep the file,
-    since scores from two encoders are not comparable. About 90 s for 2000 images on 2 CPU
+    since scores from two encoders are not comparable. About 100 s for 2000 images on 2 CPU
     cores.
     """
     import time

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.encoder import EncoderSettings, nt_xent, random_views, save_encoder, train_encoder
+from evaluation.encoder import (
+    JITTER_BRIGHTNESS, JITTER_GAIN, EncoderSettings, nt_xent, random_views, save_encoder, train_encoder,
+)
 from evaluation.features import get_extractor
 from facegan.data import synthetic_faces
 from facegan.errors import FaceganError
@@ -37,9 +39,21 @@ def test_views_keep_shape_and_range_and_differ_per_image():
     assert a.shape == images.shape
     assert a.min() >= 0 and a.max() <= 1
     assert not torch.allclose(a, b)
-    # a uniform image stays uniform under any crop, shift or mirror (colours are never touched)
-    flat = torch.full((4, 3, 32, 32), 0.3)
-    torch.testing.assert_close(random_views(flat, gen), flat)
+
+
+def test_views_jitter_colours_only_within_bounds():
+    # A uniform image stays uniform under any crop, shift or mirror, and contrast leaves a
+    # uniform image alone; only the gain and brightness jitter move each channel, within bounds.
+    value = 0.4
+    flat = torch.full((200, 3, 32, 32), value)
+    views = random_views(flat, torch.Generator().manual_seed(1))
+    per_channel = views.mean(dim=(2, 3))
+    torch.testing.assert_close(views, per_channel[:, :, None, None].expand_as(views))
+    bound = value * JITTER_GAIN + JITTER_BRIGHTNESS
+    assert (per_channel - value).abs().max() <= bound + 1e-6
+    # the jitter is really there, and differs between channels (a gain per channel)
+    assert (per_channel - value).abs().max() > bound / 2
+    assert (per_channel[:, 0] - per_channel[:, 1]).abs().max() > 0.05
 
 
 def test_trained_encoder_is_a_torchscript_feature_space(tmp_path):
@@ -47,7 +61,7 @@ def test_trained_encoder_is_a_torchscript_feature_space(tmp_path):
     encoder = train_encoder(faces, EncoderSettings(epochs=2, batch_size=32, width=8), progress=False)
     path = save_encoder(encoder, tmp_path / "enc.pt")
     extractor = get_extractor(f"torchscript:{path}")
-    assert extractor.input_size == 32 and extractor.dim == 64
+    assert extractor.input_size == 32 and extractor.dim == 4 * 64  # 8·width channels, 2 x 2 cells
     features = extractor.extract(faces[:10])
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
     # the file gives what the module gives (inputs 0..1), also for 80 px images resized to 32
@@ -55,7 +69,7 @@ def test_trained_encoder_is_a_torchscript_feature_space(tmp_path):
         direct = encoder(faces[:10].float() / 255).double().numpy()
     np.testing.assert_allclose(features, direct, atol=1e-4)
     big = synthetic_faces(4, 80, seed=1).images
-    assert extractor.extract(big).shape == (4, 64)
+    assert extractor.extract(big).shape == (4, 256)
 
 
 def test_training_is_deterministic_and_validates_input():
@@ -76,7 +90,7 @@ def test_cli_trains_writes_and_refuses_to_overwrite(cli, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "encoder: enc.pt"
     assert "--features torchscript:enc.pt" in proc.stderr
     written = (tmp_path / "enc.pt").read_bytes()
-    assert get_extractor(f"torchscript:{tmp_path / 'enc.pt'}").dim == 256
+    assert get_extractor(f"torchscript:{tmp_path / 'enc.pt'}").dim == 1024
 
     again = cli(*args, check=False)
     assert_clean_error(again, r"enc.pt exists; pass --force")

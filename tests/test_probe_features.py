@@ -1,0 +1,34 @@
+"""experiments/probe_features.py: nearest-neighbour agreement against scikit-learn's classifier."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.neighbors import KNeighborsClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import probe_features as probe  # noqa: E402
+
+
+def test_neighbour_agreement_matches_scikit_learn():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 3
+    real_labels = {"cluster": rng.integers(0, 4, 300)}
+    held_labels = {"cluster": rng.integers(0, 4, 100)}
+    real = centres[real_labels["cluster"]] + rng.normal(size=(300, 8)) * 2
+    held = centres[held_labels["cluster"]] + rng.normal(size=(100, 8)) * 2
+    for k in (1, 10):
+        reference = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(real, real_labels["cluster"])
+        expected = float((reference.predict(held) == held_labels["cluster"]).mean())
+        got = probe.neighbour_agreement(real, real_labels, held, held_labels, k)["cluster"]
+        assert got == expected
+    assert 0.3 < expected < 1.0  # overlapping clusters: neither trivial nor hopeless
+
+
+def test_labels_of_both_domains_are_consistent():
+    _, real_labels, held, held_labels = probe.digits()
+    assert set(real_labels) == {"red", "green", "blue", "mode"}
+    modes = held_labels["mode"]
+    np.testing.assert_array_equal(100 * held_labels["red"] + 10 * held_labels["green"] + held_labels["blue"], modes)
+    assert held.shape == (probe.NUM_HELD_OUT, 3, 32, 32)
