@@ -54,7 +54,7 @@ JITTER_CONTRAST, JITTER_BRIGHTNESS, JITTER_GAIN = 0.3, 0.2, 0.3
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """SimCLR settings; the defaults train in about 100 s on 2 CPU cores for 2000 images."""
+    """SimCLR settings; the defaults train in about 2 minutes on 2 CPU cores for 2000 images."""
 
     epochs: int = 30
     batch_size: int = 64

@@ -267,7 +267,7 @@ def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, q
     it as TorchScript.
     It needs no download and, unlike `random`, learns what tells these faces apart. Use it with
     `facegan evaluate --features torchscript:OUT`; train it once per dataset and keep the file,
-    since scores from two encoders are not comparable. About 100 s for 2000 images on 2 CPU
+    since scores from two encoders are not comparable. About 2 minutes for 2000 images on 2 CPU
     cores.
     """
     import time
