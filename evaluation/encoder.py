@@ -90,7 +90,7 @@ class Encoder(nn.Module):
                        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             c_in = c_out
         self.body = nn.Sequential(*layers)
-        self.dim = c_in * POOL_GRID * POOL_GRID
+        self.dim = c_in * self.pool_grid * self.pool_grid
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
