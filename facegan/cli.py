@@ -264,8 +264,7 @@ def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, q
 
     Trains a small CNN self-supervised (SimCLR: two random views of each image, cropped,
     shifted, mirrored and slightly colour-jittered, must match) on the real images and writes
-    it as TorchScript.
-    It needs no download and, unlike `random`, learns what tells these faces apart. Use it with
+    it as TorchScript. It needs no download and, unlike `random`, learns what tells these faces apart. Use it with
     `facegan evaluate --features torchscript:OUT`; train it once per dataset and keep the file,
     since scores from two encoders are not comparable. About 2 minutes for 2000 images on 2 CPU
     cores.
