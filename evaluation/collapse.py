@@ -6,32 +6,41 @@ Pure functions on per-checkpoint scores (dicts from :func:`evaluation.metrics.sc
 
 The rule, in plain words:
 
-1. Every checkpoint is compared with the best scores of the checkpoints before it.
-   It shows a **drop** when
+1. Every checkpoint is compared with the best scores of the checkpoints before it. A best
+   counts only when it was **held**: the best level that ``patience`` consecutive earlier
+   checkpoints all reached (the same length a drop must last, below). One lucky checkpoint
+   must not set a bar that the run's ordinary checkpoint-to-checkpoint wobble then "falls"
+   from. A checkpoint shows a **drop** when
 
-   - its coverage is below the best earlier coverage by more than the coverage tolerance, or
-   - its diversity is below the best earlier diversity by more than the diversity tolerance, or
-   - its duplicate share is above both the real data's chance level and the lowest earlier
+   - its coverage is below the best held coverage by more than the coverage tolerance, or
+   - its diversity is below the best held diversity by more than the diversity tolerance, or
+   - its duplicate share is above both the real data's chance level and the lowest held
      duplicate share by more than the duplicate margin (so an untrained generator's identical
      blobs at the first checkpoints are not collapse: only a rise from the best so far counts).
 
    A tolerance is the larger of three times the spread that the score shows by chance on the real
    data at this sample size and a fixed floor (coverage 0.05, diversity 0.10, duplicate share
    0.10), because checkpoints also differ from each other by more than sampling noise.
-   Diversity counts up to 1 (more spread than the real data is not better), and the best earlier
-   diversity only counts checkpoints whose coverage was within the coverage tolerance of the best
-   coverage so far, this one included: an untrained generator's noise can look diverse while
-   covering nothing.
+   Diversity counts up to 1 (more spread than the real data is not better), and the best held
+   diversity only counts runs of checkpoints whose coverage was within the coverage tolerance of
+   the best held coverage, this one's included: an untrained generator's noise can look diverse
+   while covering nothing.
 2. A drop is **collapse** when it lasts: ``patience`` consecutive checkpoints (default 2) all show
-   a drop, or the drops reach the last checkpoint. Each checkpoint of such a stretch is marked
-   collapsed; a single dip that recovers at the next checkpoint is not.
+   a drop. Each checkpoint of such a stretch is marked collapsed; a single dip that recovers at
+   the next checkpoint is not.
 3. The **onset** is the first checkpoint of the collapse the run never recovers from: the stretch
-   of drops that reaches the last checkpoint. A collapsed stretch followed by a checkpoint with
-   no drop (back within tolerance of the best so far) was a **passing** collapse: GANs often
-   hop between modes and come back, and the checkpoints after it are as good as any before.
-   Passing collapses are reported (``passing_epochs``) and their checkpoints never chosen, but
-   they do not end the search for the best checkpoint. Only falls from the best so far count, so
-   early checkpoints that are still learning (low but rising scores) are never collapse.
+   of at least ``patience`` drops that reaches the last checkpoint. A collapsed stretch followed
+   by a checkpoint with no drop (back within tolerance of the best so far) was a **passing**
+   collapse: GANs often hop between modes and come back, and the checkpoints after it are as
+   good as any before. Passing collapses are reported (``passing_epochs``) and their checkpoints
+   never chosen, but they do not end the search for the best checkpoint. Only falls from the best
+   so far count, so early checkpoints that are still learning (low but rising scores) are never
+   collapse.
+4. A run that **ends on a drop shorter than** ``patience`` has no onset yet: nothing says whether
+   it is a dip or the start of a collapse until later checkpoints exist. Its first checkpoint is
+   reported (``unconfirmed_epoch``) and, like every checkpoint with a drop, never chosen. (The
+   collapse benchmark's stable runs end on such a one-checkpoint dip about as often as not; calling
+   each an onset was most of the rule's false alarms.)
 
 The **choice** (:func:`choose_best`) is the checkpoint with the lowest FID before the onset (all
 checkpoints when there is none), skipping checkpoints that themselves show a drop (passing
@@ -77,6 +86,8 @@ class CollapseResult:
         onset_epoch: the first checkpoint of the collapse the run does not recover from, or None.
         thresholds: every number the rule used, for the output and the README.
         passing_epochs: first checkpoint of each collapse the run recovered from.
+        unconfirmed_epoch: first checkpoint of a drop shorter than ``patience`` that reaches the
+            last checkpoint (a dip or a collapse starting: later checkpoints decide), or None.
     """
 
     epochs: list[int]
@@ -85,6 +96,7 @@ class CollapseResult:
     onset_epoch: int | None
     thresholds: dict[str, float]
     passing_epochs: list[int] = field(default_factory=list)
+    unconfirmed_epoch: int | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of all fields."""
@@ -122,6 +134,16 @@ def _check_checkpoints(checkpoints: Sequence[Mapping], keys: tuple[str, ...]) ->
     epochs = [checkpoint["epoch"] for checkpoint in checkpoints]
     if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
         raise ValueError(f"checkpoints must be in increasing epoch order, got {epochs}")
+
+
+def _held_best(values: Sequence[float | None], width: int) -> float | None:
+    """The highest level ``width`` consecutive values all reach (None entries break a run).
+
+    That is the largest minimum over windows of ``width``; None when no window is complete.
+    """
+    levels = [min(window) for window in (values[i:i + width] for i in range(len(values) - width + 1))
+              if None not in window]
+    return max(levels, default=None)
 
 
 def detect_collapse(
@@ -167,30 +189,31 @@ def detect_collapse(
     for index, checkpoint in enumerate(checkpoints):
         earlier = checkpoints[:index]
         reasons = []
-        if earlier:
+        best_coverage = _held_best([c["coverage"] for c in earlier], patience)
+        if best_coverage is not None:  # too few checkpoints before this one: nothing to fall from
             # Duplicates count only when they rise from the run's best: an untrained generator's
             # near-identical blobs are "not learned yet", not collapse.
-            fewest = min(c["duplicate_share"] for c in earlier)
+            fewest = -_held_best([-c["duplicate_share"] for c in earlier], patience)
             limit = max(duplicate_limit, fewest + duplicate_margin)
             if checkpoint["duplicate_share"] > limit:
                 reasons.append(f"duplicate share {checkpoint['duplicate_share']:.3f} > {limit:.3f}")
-            best_coverage = max(c["coverage"] for c in earlier)
             if checkpoint["coverage"] < best_coverage - coverage_tolerance:
                 reasons.append(
                     f"coverage {checkpoint['coverage']:.3f} < best {best_coverage:.3f} - {coverage_tolerance:.3f}"
                 )
             frontier = max(best_coverage, checkpoint["coverage"]) - coverage_tolerance
-            comparable = [min(c["diversity"], 1.0) for c in earlier if c["coverage"] >= frontier]
+            best_diversity = _held_best(
+                [min(c["diversity"], 1.0) if c["coverage"] >= frontier else None for c in earlier], patience)
             diversity = min(checkpoint["diversity"], 1.0)
-            if comparable and diversity < max(comparable) - diversity_tolerance:
+            if best_diversity is not None and diversity < best_diversity - diversity_tolerance:
                 reasons.append(
-                    f"diversity {diversity:.3f} < best {max(comparable):.3f} - {diversity_tolerance:.3f}"
+                    f"diversity {diversity:.3f} < best {best_diversity:.3f} - {diversity_tolerance:.3f}"
                 )
         drops.append(reasons)
 
     epochs = [int(c["epoch"]) for c in checkpoints]
     collapsed = [False] * len(checkpoints)
-    onset, passing = None, []
+    onset, passing, unconfirmed = None, [], None
     start = 0
     while start < len(checkpoints):
         if not drops[start]:
@@ -199,10 +222,13 @@ def detect_collapse(
         end = start
         while end < len(checkpoints) and drops[end]:
             end += 1
-        if end == len(checkpoints):  # never recovered
+        if end - start < patience:
+            if end == len(checkpoints):  # too short to tell a dip from a collapse yet
+                unconfirmed = epochs[start]
+        elif end == len(checkpoints):  # lasted and never recovered
             collapsed[start:end] = [True] * (end - start)
             onset = epochs[start]
-        elif end - start >= patience:  # lasted, then came back: a passing collapse
+        else:  # lasted, then came back: a passing collapse
             collapsed[start:end] = [True] * (end - start)
             passing.append(epochs[start])
         start = end
@@ -219,7 +245,7 @@ def detect_collapse(
         **{f"noise_{key}": float(noise[key]) for key in _NOISE_KEYS},
     }
     return CollapseResult(epochs=epochs, collapsed=collapsed, drops=drops, onset_epoch=onset,
-                          thresholds=thresholds, passing_epochs=passing)
+                          thresholds=thresholds, passing_epochs=passing, unconfirmed_epoch=unconfirmed)
 
 
 def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseResult) -> Choice:
@@ -246,9 +272,12 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
         scope = f"before the collapse onset at epoch {onset}"
     steady = [c for c in pool if not drops[c["epoch"]]]
     if steady and len(steady) < len(pool):
-        scope += ", skipping checkpoints with a drop" + (
-            f" (passing collapse at epoch {', '.join(map(str, collapse.passing_epochs))})"
-            if collapse.passing_epochs else "")
+        notes = []
+        if collapse.passing_epochs:
+            notes.append(f"passing collapse at epoch {', '.join(map(str, collapse.passing_epochs))}")
+        if collapse.unconfirmed_epoch is not None:
+            notes.append(f"unconfirmed drop from epoch {collapse.unconfirmed_epoch} to the end")
+        scope += ", skipping checkpoints with a drop" + (f" ({'; '.join(notes)})" if notes else "")
     pool = steady or pool
 
     lowest = min(pool, key=lambda c: c["fid"])

@@ -127,6 +127,7 @@ class Evaluation:
             "best_epoch": self.choice.epoch,
             "collapse_epoch": self.collapse.onset_epoch,
             "passing_collapse_epochs": self.collapse.passing_epochs,
+            "unconfirmed_drop_epoch": self.collapse.unconfirmed_epoch,
             "choice_reason": self.choice.reason,
             "run_id": self.run_id,
             "registered": self.registered,
@@ -167,6 +168,7 @@ class Evaluation:
         collapsed, order = self._collapsed_and_rank()
         head = f"{'epoch':>7} {'rank':>4} {'FID':>9} {'KID':>8} {'prec':>5} {'recall':>6} {'cover':>5} {'divers':>6} {'dupl':>5}  "
         lines = [head, "-" * len(head)]
+        unconfirmed = self.collapse.unconfirmed_epoch
         for c in self.checkpoints:
             s = c.scores
             mark = []
@@ -177,6 +179,8 @@ class Evaluation:
             elif collapsed[c.epoch]:
                 mark.append("collapsed" if self.collapse.onset_epoch is not None
                             and c.epoch > self.collapse.onset_epoch else "passing collapse")
+            elif unconfirmed is not None and c.epoch >= unconfirmed:
+                mark.append("drop, unconfirmed")
             lines.append(
                 f"{c.epoch:>7} {order[c.epoch]:>4} {s['fid']:>9.3f} {s['kid']:>8.4f} {s['precision']:>5.2f} "
                 f"{s['recall']:>6.2f} {s['coverage']:>5.2f} {s['diversity']:>6.2f} {s['duplicate_share']:>5.2f}  "
@@ -189,8 +193,13 @@ class Evaluation:
             f"collapse onset: {'none detected' if onset is None else f'epoch {onset}'}"
             + (f" (passing collapses, recovered from: epochs {', '.join(map(str, self.collapse.passing_epochs))})"
                if self.collapse.passing_epochs else ""),
-            f"features: {self.features} — {self.note}",
         ]
+        if unconfirmed is not None:
+            lines.append(
+                f"unconfirmed drop: from epoch {unconfirmed} to the last checkpoint; too short to tell a dip "
+                "from a collapse (evaluate again when later checkpoints exist)"
+            )
+        lines.append(f"features: {self.features} — {self.note}")
         for label, reason in self.skipped:
             lines.append(f"skipped {label}: {reason}")
         return "\n".join(lines)
@@ -221,6 +230,8 @@ def scores_figure(evaluation: Evaluation):
     right.set_ylim(0, max(1.05, *[c.scores["diversity"] for c in evaluation.checkpoints]))
     if evaluation.collapse.onset_epoch is not None:
         ax.axvline(evaluation.collapse.onset_epoch, color="tab:red", linestyle="--", label="collapse onset")
+    if evaluation.collapse.unconfirmed_epoch is not None:
+        ax.axvline(evaluation.collapse.unconfirmed_epoch, color="tab:red", linestyle=":", label="unconfirmed drop")
     best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.choice.epoch)
     ax.plot([best.epoch], [best.scores["fid"]], marker="*", markersize=18, color="gold",
             markeredgecolor="black", linestyle="none", label=f"chosen (epoch {best.epoch})")

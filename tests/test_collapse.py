@@ -47,18 +47,18 @@ def test_rise_then_collapse_has_onset_at_the_first_drop():
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 500
     assert result.collapsed == [False] * 4 + [True] * 3
-    assert "coverage 0.600 < best 0.820 - 0.050" in result.drops[4]
+    assert "coverage 0.600 < best 0.800 - 0.050" in result.drops[4]  # 0.8 held at 300 and 400
     assert choose_best(checkpoints, result).epoch == 400
 
 
 def test_partial_recovery_keeps_the_onset_and_chooses_before_it():
-    coverage = [0.3, 0.7, 0.8, 0.55, 0.5, 0.7, 0.72]
-    fid = [80, 40, 30, 50, 55, 29, 28]  # the recovered tail even has a lower FID
+    coverage = [0.3, 0.7, 0.8, 0.8, 0.55, 0.5, 0.7, 0.72]
+    fid = [80, 40, 31, 30, 50, 55, 29, 28]  # the recovered tail even has a lower FID
     checkpoints = run(coverage, fid=fid)
     result = detect_collapse(checkpoints, NOISE)
-    assert result.onset_epoch == 400
-    assert result.collapsed == [False, False, False, True, True, True, True]
-    assert choose_best(checkpoints, result).epoch == 300
+    assert result.onset_epoch == 500
+    assert result.collapsed == [False, False, False, False, True, True, True, True]
+    assert choose_best(checkpoints, result).epoch == 400
 
 
 def test_noise_within_tolerance_is_not_collapse():
@@ -103,16 +103,34 @@ def test_after_a_passing_collapse_a_final_one_is_the_onset():
     assert choose_best(checkpoints, result).epoch == 700
 
 
-def test_a_drop_at_the_last_checkpoint_is_collapse():
-    result = detect_collapse(run([0.5, 0.8, 0.82, 0.6]), NOISE, patience=3)
-    assert result.onset_epoch == 400
+def test_a_drop_at_the_last_checkpoint_is_unconfirmed_not_an_onset():
+    checkpoints = run([0.5, 0.8, 0.82, 0.6])
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch is None
+    assert result.unconfirmed_epoch == 400
+    assert result.collapsed == [False] * 4
+    choice = choose_best(checkpoints, result)
+    assert choice.epoch == 300  # the dropped checkpoint is never chosen, even unconfirmed
+    assert "unconfirmed drop from epoch 400 to the end" in choice.reason
+
+
+def test_a_trailing_drop_as_long_as_patience_is_the_onset():
+    coverage = [0.5, 0.8, 0.82, 0.81, 0.8, 0.6, 0.5, 0.4]  # 0.8 held for 4 checkpoints, 3 drops
+    for patience, onset, unconfirmed in [(2, 600, None), (3, 600, None), (4, None, 600), (1, 600, None)]:
+        result = detect_collapse(run(coverage), NOISE, patience=patience)
+        assert (result.onset_epoch, result.unconfirmed_epoch) == (onset, unconfirmed), patience
+
+
+def test_a_dip_that_recovers_leaves_nothing_unconfirmed():
+    result = detect_collapse(run([0.5, 0.8, 0.82, 0.6, 0.81]), NOISE)
+    assert result.onset_epoch is None and result.unconfirmed_epoch is None
 
 
 def test_duplicate_spike_is_collapse_even_with_coverage_kept():
     checkpoints = run([0.5, 0.8, 0.82, 0.81, 0.82], duplicates=[0.01, 0.02, 0.01, 0.4, 0.6])
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 400
-    assert "duplicate share 0.400 > 0.110" in result.drops[3]
+    assert "duplicate share 0.400 > 0.120" in result.drops[3]  # 0.02 + 0.10: the fewest held for 2
 
 
 def test_diversity_fall_alone_is_collapse():
@@ -171,8 +189,8 @@ def test_duplicates_from_the_start_are_not_learned_yet_not_collapse():
 
 
 def test_a_duplicate_share_that_rises_again_is_collapse():
-    checkpoints = run([0.8, 0.8, 0.8, 0.8], duplicates=[0.5, 0.02, 0.6, 0.7], fid=[40.0, 30.0, 35.0, 36.0])
-    assert detect_collapse(checkpoints, NOISE).onset_epoch == 300
+    checkpoints = run([0.8] * 5, duplicates=[0.5, 0.02, 0.02, 0.6, 0.7], fid=[40.0, 30.0, 31.0, 35.0, 36.0])
+    assert detect_collapse(checkpoints, NOISE).onset_epoch == 400
 
 
 def test_bad_input_is_rejected():
@@ -195,3 +213,20 @@ def test_result_serialises_to_plain_data():
 
 def test_docstring_example_runs():
     assert doctest.testmod(collapse).failed == 0
+
+
+def test_one_lucky_checkpoint_does_not_set_the_bar():
+    lucky = run([0.3, 0.6, 0.9, 0.6, 0.62, 0.6])
+    result = detect_collapse(lucky, NOISE)
+    assert result.onset_epoch is None and not any(result.drops)
+    held = run([0.3, 0.6, 0.9, 0.9, 0.6, 0.62])
+    assert detect_collapse(held, NOISE).onset_epoch == 500
+    # patience 1 is the plain best so far: the single peak counts
+    assert detect_collapse(lucky, NOISE, patience=1).onset_epoch == 400
+
+
+def test_held_best_is_the_highest_level_held_in_a_row():
+    assert collapse._held_best([0.3, 0.9, 0.5, 0.6, 0.7], 2) == 0.6
+    assert collapse._held_best([0.3, 0.9, 0.5, 0.6, 0.7], 1) == 0.9
+    assert collapse._held_best([0.8, None, 0.8, 0.7], 2) == 0.7  # None breaks a run
+    assert collapse._held_best([0.8], 2) is None

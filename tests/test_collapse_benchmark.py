@@ -17,6 +17,18 @@ def test_gt_onset_is_a_20_percent_fall_below_the_best_so_far():
     assert bench.gt_onset(epochs, [10, 50, 60, 47, 20]) == 8  # 47 <= 0.8 * 60
     assert bench.gt_onset(epochs, [10, 50, 60, 50, 55]) is None  # 50 > 48
     assert bench.gt_onset(epochs, [0, 0, 5, 6, 6]) is None  # rising from nothing is learning
+    assert bench.gt_onset(epochs, [10, 50, 60, 60, 40]) == 10  # a fall at the last checkpoint counts
+
+
+def test_gt_onset_is_the_fall_the_run_never_recovers_from():
+    epochs = [2, 4, 6, 8, 10, 12, 14]
+    # A dip at 6 (30 <= 0.8 * 50) that the run climbs back from, then the collapse at 12.
+    modes = [20, 50, 30, 55, 60, 40, 45]
+    assert bench.gt_first_fall(epochs, modes) == 6
+    assert bench.gt_onset(epochs, modes) == 12
+    # Back within 20% but never back to the best: the fall at 8 is still the onset.
+    assert bench.gt_onset(epochs, [20, 60, 62, 48, 55, 45, 47]) == 8
+    assert bench.gt_falls([20, 60, 62, 48, 55, 45, 47]) == [False, False, False, True, False, True, True]
 
 
 def test_gt_best_prefers_modes_then_quality():
