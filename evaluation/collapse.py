@@ -266,7 +266,8 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
     drops = dict(zip(collapse.epochs, collapse.drops))
     onset = collapse.onset_epoch
     if onset is None:
-        pool, scope = list(checkpoints), "of all checkpoints (no collapse detected)"
+        confirmed = "detected" if collapse.unconfirmed_epoch is None else "confirmed"
+        pool, scope = list(checkpoints), f"of all checkpoints (no collapse {confirmed})"
     else:
         pool = [c for c in checkpoints if c["epoch"] < onset]
         scope = f"before the collapse onset at epoch {onset}"

@@ -187,17 +187,22 @@ class Evaluation:
                 + " ".join(mark)
             )
         onset = self.collapse.onset_epoch
+        if onset is not None:
+            onset_text = f"epoch {onset}"
+        else:
+            onset_text = "none detected" if unconfirmed is None else "none confirmed"
         lines += [
             "",
             f"best checkpoint: epoch {self.choice.epoch} ({self.choice.reason})",
-            f"collapse onset: {'none detected' if onset is None else f'epoch {onset}'}"
+            f"collapse onset: {onset_text}"
             + (f" (passing collapses, recovered from: epochs {', '.join(map(str, self.collapse.passing_epochs))})"
                if self.collapse.passing_epochs else ""),
         ]
         if unconfirmed is not None:
+            reasons = self.collapse.drops[self.collapse.epochs.index(unconfirmed)]
             lines.append(
-                f"unconfirmed drop: from epoch {unconfirmed} to the last checkpoint; too short to tell a dip "
-                "from a collapse (evaluate again when later checkpoints exist)"
+                f"unconfirmed drop: from epoch {unconfirmed} to the last checkpoint ({'; '.join(reasons)}); "
+                "too short to tell a dip from a collapse: evaluate again when later checkpoints exist"
             )
         lines.append(f"features: {self.features} — {self.note}")
         for label, reason in self.skipped:

@@ -122,6 +122,10 @@ def planted(tmp_path_factory):
         attributes = {name: rng.integers(0, 2, 150) if name == "skin" else np.zeros(150, int)
                       for name in SYNTHETIC_ATTRIBUTES}
         write_folder(root / "dropping" / str(epoch), render_faces(attributes, 32, rng))
+    # "late": the same good epochs, then a single collapsed checkpoint at the end.
+    for epoch in range(1, 5):
+        write_folder(root / "late" / str(epoch * 10), synthetic_faces(150, 32, seed=100 + epoch).images.numpy())
+    write_folder(root / "late" / "50", np.repeat(synthetic_faces(4, 32, seed=250).images.numpy(), 38, axis=0)[:150])
     (root / "collapse" / "notes").mkdir()
     (root / "collapse" / "80").mkdir()  # an empty epoch folder
     return root
@@ -177,3 +181,16 @@ def test_bad_evaluate_input_is_one_clear_error(cli, tracking_uri, planted, tmp_p
     client = MlflowClient(tracking_uri)
     run = client.create_run(client.create_experiment("e2e-empty"))
     check(["--run", run.info.run_id, "--tracking-uri", tracking_uri], r"has no generator checkpoints")
+
+
+def test_samples_mode_a_single_drop_at_the_end_is_unconfirmed(cli, planted, tmp_path):
+    proc = cli("evaluate", "--samples", planted / "late", "--real", planted / "real", "--features", "random",
+               "--json", "out.json", env={"FACEGAN_CACHE_DIR": str(tmp_path / "cache")})
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["collapse_epoch"] is None, proc.stdout
+    assert result["unconfirmed_drop_epoch"] == 50
+    assert result["best_epoch"] in (10, 20, 30, 40)
+    table_row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("50 "))
+    assert "drop, unconfirmed" in table_row
+    assert "collapse onset: none confirmed" in proc.stdout
+    assert "unconfirmed drop: from epoch 50 to the last checkpoint (duplicate share 1.000 >" in proc.stdout
