@@ -208,8 +208,10 @@ def evaluate(run, samples, real, features, inception_weights, num_samples, json_
     Metrics per checkpoint: FID, KID, precision/recall, density/coverage, diversity (Vendi score
     relative to the real data) and duplicate/memorised shares. A checkpoint is collapsed when its
     coverage or diversity falls clearly (beyond what the real data shows by chance, and for two
-    checkpoints running) below the best so far, or its duplicate share jumps; the choice is the
-    lowest FID before the onset (ties within KID noise go to higher coverage).
+    checkpoints running) below the best the run held for two checkpoints, or its duplicate share
+    jumps; a single drop at the last checkpoint is reported as unconfirmed. The choice is the
+    lowest FID before the onset, skipping checkpoints with a drop (ties within KID noise go to
+    higher coverage).
 
     With --run, scores are logged back to the run (metrics `<features>/<name>` at step=epoch, linked
     to each checkpoint's model), the run is tagged with the chosen and onset epochs, the ranking
