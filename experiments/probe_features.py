@@ -11,6 +11,7 @@ Feature spaces: ``random`` (facegan's random CNN) and ``encoder`` (``evaluation.
 its default settings, trained here on the 2000 real images, as ``facegan encoder`` would).
 
 Usage: python experiments/probe_features.py [--domains faces digits] [--features random encoder]
+       [--encoder-epochs N]
 Needs the ``bench`` extra (scikit-learn's bundled digits). Prints a table and, as the last line,
 one JSON object with every figure; about 5 minutes on 2 CPU cores.
 """
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domains", nargs="+", choices=("faces", "digits"), default=["faces", "digits"])
     parser.add_argument("--features", nargs="+", choices=("random", "encoder"), default=["random", "encoder"])
+    parser.add_argument("--encoder-epochs", type=int, default=EncoderSettings().epochs, metavar="N",
+                        help="epochs of the encoder's training (default: as facegan encoder)")
     args = parser.parse_args(argv)
+    if args.encoder_epochs < 1:
+        parser.error(f"--encoder-epochs must be at least 1, got {args.encoder_epochs}")
     torch.manual_seed(0)
     result = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
                 started = time.perf_counter()
                 spec = "random"
                 if space == "encoder":
-                    path = save_encoder(train_encoder(real, EncoderSettings(), progress=False), Path(folder) / f"{domain}.pt")
+                    encoder = train_encoder(real, EncoderSettings(epochs=args.encoder_epochs), progress=False)
+                    path = save_encoder(encoder, Path(folder) / f"{domain}.pt")
                     spec = f"torchscript:{path}"
                 extractor = get_extractor(spec)
                 real_f, held_f = extractor.extract(real), extractor.extract(held)

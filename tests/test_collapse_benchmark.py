@@ -56,7 +56,8 @@ def test_history_targets():
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
-    bench.main(["--tiny", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "out")])
+    # --encoder-epochs changes only the encoder's training, and names the result files after it
+    bench.main(["--tiny", "--encoder-epochs", "2", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "out")])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     figures = json.loads(last)
     assert figures["scale"] == "tiny"
@@ -64,13 +65,15 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     assert set(figures["runs"]) == {"collapsing-seed0/random", "collapsing-seed0/encoder"}
     assert set(figures["spearman"]["faces/modes"]) == {"random", "encoder"}
     assert figures["mlflow_study_run"]
-    written = json.loads((tmp_path / "out" / "collapse_benchmark-tiny.json").read_text())
+    written = json.loads((tmp_path / "out" / "collapse_benchmark-tiny-encoder2.json").read_text())
     run = written["histories"]["runs"][0]
     assert [r["features"] for r in written["histories"]["runs"]] == ["random", "encoder"]
     assert any(key.startswith("encoder.") for key in written["targets"])
+    assert written["settings"]["encoder"]["epochs"] == 2
+    assert written["settings"]["encoder"]["batch_size"] == bench.SCALES["tiny"].encoder.batch_size
     assert [c["epoch"] for c in run["checkpoints"]] == [1, 2, 3]
     assert set(run["picks"]) == {"facegan", "lowest_fid", "last", "gt_best"}
-    assert (tmp_path / "out" / "collapse_benchmark-tiny.md").read_text().startswith("# Collapse benchmark")
+    assert (tmp_path / "out" / "collapse_benchmark-tiny-encoder2.md").read_text().startswith("# Collapse benchmark")
 
     from facegan import tracking
 
@@ -81,7 +84,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     assert trained.data.params["benchmark.collapse_after"] == "1"
     assert float(trained.data.params["benchmark.collapse_lr_d"]) == 0.0
     assert {a.path for a in client.list_artifacts(study.info.run_id)} >= {
-        "collapse_benchmark-tiny.json", "collapse_benchmark-tiny.md"}
+        "collapse_benchmark-tiny-encoder2.json", "collapse_benchmark-tiny-encoder2.md"}
 
 
 def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():

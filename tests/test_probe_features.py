@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -32,3 +33,21 @@ def test_labels_of_both_domains_are_consistent():
     modes = held_labels["mode"]
     np.testing.assert_array_equal(100 * held_labels["red"] + 10 * held_labels["green"] + held_labels["blue"], modes)
     assert held.shape == (probe.NUM_HELD_OUT, 3, 32, 32)
+
+
+def test_encoder_epochs_reach_the_encoders_training(monkeypatch, capsys):
+    trained = []
+
+    def recording_train(images, settings, **kwargs):
+        trained.append(settings.epochs)
+        return real_train(images, settings, **kwargs)
+
+    real_train = probe.train_encoder
+    monkeypatch.setattr(probe, "train_encoder", recording_train)
+    result = probe.main(["--domains", "faces", "--features", "encoder", "--encoder-epochs", "1"])
+    assert trained == [1]
+    assert set(result) == {"faces/encoder"}
+    assert 0.0 <= result["faces/encoder"]["k=1"]["mode"] <= 1.0
+    with pytest.raises(SystemExit):
+        probe.main(["--encoder-epochs", "0"])
+    assert "--encoder-epochs must be at least 1" in capsys.readouterr().err
