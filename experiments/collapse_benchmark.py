@@ -553,6 +553,7 @@ def log_study(result: dict, tracking_uri: str, paths: list[Path]) -> str:
     run_id = run.info.run_id
     client.log_param(run_id, "scale", result["scale"])
     client.log_param(run_id, "num_samples", result["num_samples"])
+    client.log_param(run_id, "encoder_epochs", result["settings"]["encoder"]["epochs"])
     for key, value in _flat_figures(result).items():
         client.log_metric(run_id, key, value)
     for path in paths:

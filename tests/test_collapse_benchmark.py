@@ -80,6 +80,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     client = tracking.connect(tracking_uri)
     study = client.get_run(figures["mlflow_study_run"])
     assert study.data.params["scale"] == "tiny"
+    assert study.data.params["encoder_epochs"] == "2"
     trained = client.get_run(run["run_id"])  # the designed collapse is recorded on its run
     assert trained.data.params["benchmark.collapse_after"] == "1"
     assert float(trained.data.params["benchmark.collapse_lr_d"]) == 0.0
