@@ -20,7 +20,16 @@ The rule, in plain words:
 
    A tolerance is the larger of three times the spread that the score shows by chance on the real
    data at this sample size and a fixed floor (coverage 0.05, diversity 0.10, duplicate share
-   0.10), because checkpoints also differ from each other by more than sampling noise.
+   0.10), because checkpoints also differ from each other by more than sampling noise. The
+   diversity tolerance is also at least three times the run's own **wobble**: the typical
+   checkpoint-to-checkpoint change of diversity among the last ``WOBBLE_WINDOW`` (6) earlier
+   checkpoints it is compared with that showed no drop themselves (the median absolute change
+   between neighbours / 0.954, which estimates a standard deviation and ignores a slow trend),
+   once there are at least three of them. Only recent ones count: the big jumps of the first
+   epochs of learning say nothing about how much a trained generator wanders. In a trained
+   feature space good checkpoints' diversity wanders by more than a fixed floor (on the collapse
+   benchmark's encoder runs by about 0.07 either way, while a collapse halves it), and a
+   tolerance below that wander calls ordinary checkpoints collapsed.
    Diversity counts up to 1 (more spread than the real data is not better), and the best held
    diversity only counts runs of checkpoints whose coverage was within the coverage tolerance of
    the best held coverage, this one's included: an untrained generator's noise can look diverse
@@ -44,10 +53,11 @@ The rule, in plain words:
 
 The **choice** (:func:`choose_best`) is the checkpoint with the lowest FID before the onset (all
 checkpoints when there is none), skipping checkpoints that themselves show a drop (passing
-collapses included). Checkpoints
-whose KID differs from that one's by less than their combined KID noise
-(``sqrt(kid_std_a² + kid_std_b²)``) are a tie; among ties the higher coverage wins, so the
-choice leans to the checkpoint that misses fewer faces.
+collapses included). Checkpoints whose KID differs from that one's by less than their combined
+KID noise (``sqrt(kid_std_a² + kid_std_b²)``) are reported as tied with it, for the reader; they
+do not change the choice. (An earlier rule gave ties to the higher coverage. On the collapse
+benchmark's histories FID tracks the ground-truth mode count better within a run than KID or
+coverage do, and that tie-break only ever moved the choice to a checkpoint with fewer modes.)
 
 Example:
     >>> noise = {"coverage_std": 0.01, "diversity_std": 0.02,
@@ -68,6 +78,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 __all__ = ["Choice", "CollapseResult", "choose_best", "detect_collapse"]
+
+# Checkpoints whose diversity changes measure the run's wobble (module docstring): the recent ones.
+WOBBLE_WINDOW = 6
 
 _DETECT_KEYS = ("epoch", "coverage", "diversity", "duplicate_share")
 _CHOICE_KEYS = ("epoch", "fid", "kid", "kid_std", "coverage")
@@ -110,7 +123,8 @@ class Choice:
     Attributes:
         epoch: the chosen checkpoint's epoch.
         reason: one sentence for users saying how it was chosen.
-        tied_epochs: candidates tied with the lowest FID within KID noise (the chosen one included).
+        tied_epochs: candidates whose KID is within KID noise of the chosen one's (it included):
+            checkpoints the scores cannot tell apart from it.
     """
 
     epoch: int
@@ -146,6 +160,20 @@ def _held_best(values: Sequence[float | None], width: int) -> float | None:
     return max(levels, default=None)
 
 
+def _wobble(values: Sequence[float]) -> float:
+    """Robust standard deviation of the changes between neighbours; 0 for fewer than 3 values.
+
+    For independent values of standard deviation s the change between neighbours has a median
+    absolute size of 0.6745 * sqrt(2) * s = 0.954 s; a slow trend barely moves it.
+    """
+    if len(values) < 3:
+        return 0.0
+    changes = sorted(abs(b - a) for a, b in zip(values, values[1:]))
+    middle = len(changes) // 2
+    median = changes[middle] if len(changes) % 2 else (changes[middle - 1] + changes[middle]) / 2
+    return median / 0.954
+
+
 def detect_collapse(
     checkpoints: Sequence[Mapping[str, float]],
     noise: Mapping[str, float],
@@ -167,7 +195,8 @@ def detect_collapse(
         patience: consecutive checkpoints a drop must last to count as collapse.
         sigmas: how many chance standard deviations a drop must exceed.
         coverage_floor: smallest coverage fall that counts.
-        diversity_floor: smallest diversity fall that counts.
+        diversity_floor: smallest diversity fall that counts (the run's own wobble times
+            ``sigmas`` can raise it, see the module docstring).
         duplicate_floor: smallest rise of the duplicate share above chance that counts.
 
     Returns:
@@ -202,13 +231,14 @@ def detect_collapse(
                     f"coverage {checkpoint['coverage']:.3f} < best {best_coverage:.3f} - {coverage_tolerance:.3f}"
                 )
             frontier = max(best_coverage, checkpoint["coverage"]) - coverage_tolerance
-            best_diversity = _held_best(
-                [min(c["diversity"], 1.0) if c["coverage"] >= frontier else None for c in earlier], patience)
+            compared = [min(c["diversity"], 1.0) if c["coverage"] >= frontier else None for c in earlier]
+            best_diversity = _held_best(compared, patience)
+            # The wobble leaves out checkpoints that showed a drop: a collapse is not wobble.
+            steady = [v for v, fell in zip(compared, drops) if v is not None and not fell]
+            tolerance = max(diversity_tolerance, sigmas * _wobble(steady[-WOBBLE_WINDOW:]))
             diversity = min(checkpoint["diversity"], 1.0)
-            if best_diversity is not None and diversity < best_diversity - diversity_tolerance:
-                reasons.append(
-                    f"diversity {diversity:.3f} < best {best_diversity:.3f} - {diversity_tolerance:.3f}"
-                )
+            if best_diversity is not None and diversity < best_diversity - tolerance:
+                reasons.append(f"diversity {diversity:.3f} < best {best_diversity:.3f} - {tolerance:.3f}")
         drops.append(reasons)
 
     epochs = [int(c["epoch"]) for c in checkpoints]
@@ -249,7 +279,7 @@ def detect_collapse(
 
 
 def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseResult) -> Choice:
-    """Pick the checkpoint to keep: lowest FID before the onset, KID ties to higher coverage.
+    """Pick the checkpoint to keep: the lowest FID before the onset, among checkpoints without a drop.
 
     Args:
         checkpoints: the same sequence given to :func:`detect_collapse`, each also with ``fid``,
@@ -281,16 +311,13 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
         scope += ", skipping checkpoints with a drop" + (f" ({'; '.join(notes)})" if notes else "")
     pool = steady or pool
 
-    lowest = min(pool, key=lambda c: c["fid"])
+    chosen = min(pool, key=lambda c: c["fid"])
     tied = [
         c for c in pool
-        if abs(c["kid"] - lowest["kid"]) < math.hypot(c["kid_std"], lowest["kid_std"]) or c is lowest
+        if abs(c["kid"] - chosen["kid"]) < math.hypot(c["kid_std"], chosen["kid_std"]) or c is chosen
     ]
-    chosen = max(tied, key=lambda c: (c["coverage"], -c["fid"]))
-    reason = f"lowest FID ({lowest['fid']:.4g}, epoch {lowest['epoch']}) {scope}"
-    if chosen is not lowest:
-        reason += (
-            f"; epoch {chosen['epoch']} is tied with it within KID noise and has higher coverage "
-            f"({chosen['coverage']:.3f} vs {lowest['coverage']:.3f})"
-        )
+    reason = f"lowest FID ({chosen['fid']:.4g}, epoch {chosen['epoch']}) {scope}"
+    others = [str(c["epoch"]) for c in tied if c is not chosen]
+    if others:
+        reason += f"; epoch {', '.join(others)} {'is' if len(others) == 1 else 'are'} tied with it within KID noise"
     return Choice(epoch=int(chosen["epoch"]), reason=reason, tied_epochs=[int(c["epoch"]) for c in tied])

@@ -2,6 +2,7 @@
 
 import doctest
 
+import numpy as np
 import pytest
 
 from evaluation import collapse
@@ -162,7 +163,7 @@ def test_thresholds_are_recorded():
     assert thresholds["patience"] == 2 and thresholds["noise_coverage_std"] == 0.01
 
 
-def test_choice_ties_within_kid_noise_go_to_higher_coverage():
+def test_ties_within_kid_noise_are_named_but_the_lowest_fid_is_chosen():
     coverage = [0.5, 0.75, 0.8, 0.78, 0.5, 0.4]
     fid = [60.0, 31.0, 32.0, 30.0, 50.0, 60.0]
     kid = [0.060, 0.0301, 0.0305, 0.0300, 0.05, 0.06]  # 200-400 within sqrt(2) * 0.001
@@ -170,9 +171,49 @@ def test_choice_ties_within_kid_noise_go_to_higher_coverage():
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 500
     choice = choose_best(checkpoints, result)
-    assert choice.epoch == 300
+    assert choice.epoch == 400  # lowest FID, although 300 has the higher coverage
     assert sorted(choice.tied_epochs) == [200, 300, 400]
-    assert "higher coverage" in choice.reason and "epoch 500" in choice.reason
+    assert "epoch 200, 300 are tied with it within KID noise" in choice.reason
+    assert "before the collapse onset at epoch 500" in choice.reason
+
+
+def test_diversity_wandering_like_a_trained_feature_space_is_not_collapse():
+    # Diversity of good checkpoints in the collapse benchmark's encoder space: it wanders by
+    # about 0.07 either way; 0.673 is 0.123 below the held best 0.796, past the 0.10 floor.
+    diversity = [0.56, 0.76, 0.60, 0.72, 0.73, 0.80, 0.80, 0.72, 0.673]
+    checkpoints = run([0.8] * 9, diversity)
+    result = detect_collapse(checkpoints, NOISE)
+    assert not any(result.drops) and result.onset_epoch is None
+    # The floor alone, without the run's wobble, would have flagged the last checkpoint.
+    flat = run([0.8] * 4, [0.80, 0.80, 0.80, 0.673])
+    assert detect_collapse(flat, NOISE).drops[3] == ["diversity 0.673 < best 0.800 - 0.100"]
+    # A collapse still falls far beyond the wobble: diversity halves.
+    falling = run([0.8] * 11, diversity + [0.26, 0.24])
+    result = detect_collapse(falling, NOISE)
+    assert result.onset_epoch == 1000
+    # median neighbour change of the last six steady values, 0.72 0.73 0.80 0.80 0.72 0.673
+    tolerance = 3 * 0.047 / 0.954
+    assert result.drops[9] == [f"diversity 0.260 < best 0.800 - {tolerance:.3f}"]
+
+
+def test_wobble_comes_from_recent_checkpoints_not_early_learning():
+    # Early learning swings hard; then the run settles (changes of 0.01) and diversity falls 0.25.
+    early, settled = [0.3, 0.9, 0.4, 0.95, 0.5], [0.80, 0.81, 0.80, 0.81, 0.80, 0.81]
+    checkpoints = run([0.8] * 13, early + settled + [0.55, 0.54])
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.onset_epoch == 1200
+    assert result.drops[11] == ["diversity 0.550 < best 0.800 - 0.100"]  # the floor: the wobble is 0.01
+    # Counting the early swings as wobble would have hidden it.
+    assert 3 * collapse._wobble(early + settled) > 0.80 - 0.55
+
+
+def test_wobble_is_a_robust_spread_of_neighbour_changes():
+    assert collapse._wobble([0.5, 0.9]) == 0.0  # too few to tell
+    assert collapse._wobble([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(0.1 / 0.954)  # a trend: steps of 0.1
+    assert collapse._wobble([0.5, 0.6, 0.5, 0.6, 0.5, 5.0]) == pytest.approx(0.1 / 0.954)  # one outlier ignored
+    # Independent normal values: the estimate is close to their standard deviation.
+    values = list(0.7 + 0.05 * np.random.default_rng(0).standard_normal(4000))
+    assert collapse._wobble(values) == pytest.approx(0.05, rel=0.05)
 
 
 def test_choice_without_ties_is_the_lowest_fid():
