@@ -99,3 +99,9 @@ def test_cli_trains_writes_and_refuses_to_overwrite(cli, tmp_path):
     missing = cli("encoder", "--data", "no-such.pt", "--out", "other.pt", "--quiet", check=False)
     assert_clean_error(missing, r"no-such.pt")
     assert not (tmp_path / "other.pt").exists()
+
+
+def test_cli_default_epochs_are_the_encoders_default(cli):
+    # The CLI spells the number out to keep torch out of `--help`; it must not drift from the code's.
+    proc = cli("encoder", "--help")
+    assert f"[default: {EncoderSettings().epochs};" in " ".join(proc.stdout.split())
