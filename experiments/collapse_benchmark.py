@@ -149,6 +149,8 @@ SCALES = {
         runs=(RunSpec("collapsing", STABLE, True, (0, 1), collapse_after=16),
               RunSpec("stable", STABLE, False, (0,))),
         epochs=24, checkpoint_every=2, num_train_images=2000,
+        # 30 epochs, not the default 60: two encoders at 60 would take --quick past 10 minutes.
+        encoder=EncoderSettings(epochs=30),
     ),
     # For tests: seconds, not a measurement.
     "tiny": Scale(
@@ -372,32 +374,43 @@ def gt_best_epoch(truth: dict[int, dict]) -> int:
 def summarise_run(name: str, seed: int, spec: RunSpec, evaluation, truth: dict[int, dict]) -> dict:
     rows = {c.epoch: c.scores for c in evaluation.checkpoints}
     epochs = sorted(rows)
-    lowest_fid = min(epochs, key=lambda e: rows[e]["fid"])
-    picks = {
-        "facegan": evaluation.best_epoch,
-        "lowest_fid": lowest_fid,
-        "last": epochs[-1],
-        "gt_best": gt_best_epoch(truth),
-    }
-    modes = [truth[e]["modes"] for e in epochs]
-    onset_gt = gt_onset(epochs, modes)
-    onset_detected = evaluation.collapse.onset_epoch
+    collapsed = dict(zip(evaluation.collapse.epochs, evaluation.collapse.collapsed))
     return {
         "run": name,
         "seed": seed,
         "config": spec.name,
         "designed_to_collapse": spec.designed_to_collapse,
         "run_id": evaluation.run_id,
+        **judge_run(rows, truth, evaluation.best_epoch, evaluation.collapse),
+        # Every score and the chance levels, so experiments/replay_rule.py can re-apply a changed
+        # rule to these exact runs in seconds instead of training them again.
+        "noise": dict(evaluation.noise),
+        "checkpoints": [{"epoch": e, "gt": truth[e], **rows[e], "collapsed": bool(collapsed[e])} for e in epochs],
+    }
+
+
+def judge_run(rows: dict[int, dict], truth: dict[int, dict], chosen_epoch: int, collapse) -> dict:
+    """Ground-truth modes at facegan's choice and at the other picks, and the onsets, for one run.
+
+    ``rows`` maps epoch to facegan's scores (``fid`` at least), ``collapse`` is the run's
+    :class:`evaluation.collapse.CollapseResult`.
+    """
+    epochs = sorted(rows)
+    picks = {
+        "facegan": chosen_epoch,
+        "lowest_fid": min(epochs, key=lambda e: rows[e]["fid"]),
+        "last": epochs[-1],
+        "gt_best": gt_best_epoch(truth),
+    }
+    modes = [truth[e]["modes"] for e in epochs]
+    onset_gt = gt_onset(epochs, modes)
+    return {
         "picks": {key: {"epoch": e, **truth[e]} for key, e in picks.items()},
         "gt_onset": onset_gt,
         "gt_first_fall": gt_first_fall(epochs, modes),
-        "detected_onset": onset_detected,
-        "onset_error_checkpoints": _index_gap(epochs, onset_detected, onset_gt),
-        "checkpoints": [
-            {"epoch": e, "gt": truth[e], **{k: rows[e][k] for k in ("fid", "coverage", "diversity", "duplicate_share")},
-             "collapsed": bool(dict(zip(evaluation.collapse.epochs, evaluation.collapse.collapsed))[e])}
-            for e in epochs
-        ],
+        "detected_onset": collapse.onset_epoch,
+        "unconfirmed_drop": collapse.unconfirmed_epoch,
+        "onset_error_checkpoints": _index_gap(epochs, collapse.onset_epoch, onset_gt),
     }
 
 
@@ -528,8 +541,11 @@ def markdown(result: dict) -> str:
     for run in result["histories"]["runs"]:
         cells = [f"{p['modes']} / {p['confident_share']:.2f} (ep {p['epoch']})"
                  for p in (run["picks"][k] for k in ("facegan", "lowest_fid", "last", "gt_best"))]
+        detected = run["detected_onset"]
+        if detected is None and run.get("unconfirmed_drop") is not None:
+            detected = f"None (drop at {run['unconfirmed_drop']}, unconfirmed)"
         lines.append(f"| {run['run']} | {run.get('features', '')} | " + " | ".join(cells)
-                     + f" | {run['detected_onset']} | {run['gt_onset']} | {run.get('gt_first_fall')} |")
+                     + f" | {detected} | {run['gt_onset']} | {run.get('gt_first_fall')} |")
     lines += ["", "Reliability (seeds whose ground truth shows good-then-collapse): "
               + ", ".join(f"{k}: {v['collapsed']}/{v['seeds']}" for k, v in result["histories"]["reliability"].items()),
               "", "## Targets", ""]

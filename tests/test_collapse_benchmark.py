@@ -87,6 +87,39 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     assert {a.path for a in client.list_artifacts(study.info.run_id)} >= {
         "collapse_benchmark-tiny-encoder2.json", "collapse_benchmark-tiny-encoder2.md"}
 
+    # Every score and the chance levels are stored, so the rule can be replayed on the same runs.
+    assert {"fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share", "precision"} <= set(run["checkpoints"][0])
+    assert {"coverage_std", "diversity_std"} <= set(run["noise"])
+    check_replay(tmp_path / "out" / "collapse_benchmark-tiny-encoder2.json", monkeypatch, capsys)
+
+
+def check_replay(path, monkeypatch, capsys):
+    import replay_rule
+    from evaluation.collapse import Choice
+
+    stored = json.loads(path.read_text())
+    runs, targets = replay_rule.replay(stored)
+    # The same rule on the same scores judges as the benchmark did.
+    for old, new in zip(stored["histories"]["runs"], runs):
+        assert new["picks"] == old["picks"] and new["detected_onset"] == old["detected_onset"]
+    assert targets == {k: v for k, v in stored["targets"].items() if k in targets}
+    assert replay_rule.main([str(path)]) == 0
+    assert "| collapsing-seed0 | encoder |" in capsys.readouterr().out
+
+    # A changed rule is what gets replayed: here one that always keeps the last checkpoint.
+    monkeypatch.setattr(replay_rule, "choose_best", lambda cps, res: Choice(cps[-1]["epoch"], "last", []))
+    runs, _ = replay_rule.replay(stored)
+    assert all(r["picks"]["facegan"] == r["picks"]["last"] for r in runs)
+
+    # A file from before the scores were stored is refused with the reason, not a traceback.
+    for run in stored["histories"]["runs"]:
+        for checkpoint in run["checkpoints"]:
+            del checkpoint["kid"]
+    stale = path.with_name("stale.json")
+    stale.write_text(json.dumps(stored))
+    assert replay_rule.main([str(stale)]) == 1
+    assert "predates stored scores; run the benchmark again" in capsys.readouterr().err
+
 
 def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():
     from facegan.config import load_config

@@ -1,0 +1,112 @@
+"""Re-apply the current collapse rule and choice to a stored collapse benchmark, in seconds.
+
+The collapse benchmark (``experiments/collapse_benchmark.py``) trains its runs, scores every
+checkpoint and classifies it with the ground truth: 20 minutes and more on a CPU. Its JSON keeps
+every checkpoint's scores and the chance levels, so a change to ``evaluation/collapse.py`` can be
+judged on exactly those runs without training them again: this script runs today's
+``detect_collapse`` and ``choose_best`` on the stored scores and prints, per run, the stored and
+the replayed choice and onset with their ground-truth modes, then the history targets both ways.
+
+It is a development tool: the figures the README reports come from a full benchmark run with the
+rule in place, which this does not replace (the scores themselves do not change with the rule,
+so the replay gives the same picks as such a run would).
+
+Usage::
+
+    python experiments/replay_rule.py [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from collapse_benchmark import history_targets, judge_run  # noqa: E402  (script beside this one)
+
+from evaluation.collapse import choose_best, detect_collapse  # noqa: E402
+from ground_truth import RESULTS_DIR  # noqa: E402
+
+_SCORE_KEYS = ("fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share")
+
+
+class StaleResult(ValueError):
+    """A benchmark JSON written before the benchmark stored every score."""
+
+
+def replay_run(run: dict) -> dict:
+    """The run's summary as the current rule judges it (same fields as the benchmark's)."""
+    checkpoints = run["checkpoints"]
+    missing = [k for k in _SCORE_KEYS if k not in checkpoints[0]]
+    if missing or "noise" not in run:
+        raise StaleResult(f"run {run['run']} lacks {missing or ['noise']}: the file predates stored scores; "
+                          "run the benchmark again to replay it")
+    rows = {c["epoch"]: c for c in checkpoints}
+    truth = {c["epoch"]: c["gt"] for c in checkpoints}
+    collapse = detect_collapse(checkpoints, run["noise"])
+    choice = choose_best(checkpoints, collapse)
+    return {**run, **judge_run(rows, truth, choice.epoch, collapse), "choice_reason": choice.reason}
+
+
+def replay(result: dict) -> tuple[list[dict], dict]:
+    """Replayed run summaries and the history targets they meet."""
+    runs = [replay_run(run) for run in result["histories"]["runs"]]
+    return runs, history_targets(runs)
+
+
+def report(name: str, result: dict) -> str:
+    """A markdown comparison of the stored and the replayed judgement of one benchmark result."""
+    runs, targets = replay(result)
+    lines = [f"## {name} ({result['scale']}, encoder {result['settings']['encoder']['epochs']} epochs)", "",
+             "GT modes at the pick (epoch); kept = share of the GT best's modes.", "",
+             "| run | features | stored choice | replayed choice | kept | lowest FID | GT best "
+             "| stored onset | replayed onset | GT onset |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for old, new in zip(result["histories"]["runs"], runs):
+        def pick(summary: dict, key: str) -> str:
+            return f"{summary['picks'][key]['modes']} (ep {summary['picks'][key]['epoch']})"
+
+        kept = new["picks"]["facegan"]["modes"] / max(new["picks"]["gt_best"]["modes"], 1)
+        onset = new["detected_onset"]
+        if onset is None and new["unconfirmed_drop"] is not None:
+            onset = f"None (drop at {new['unconfirmed_drop']}, unconfirmed)"
+        lines.append(f"| {new['run']} | {new.get('features', '')} | {pick(old, 'facegan')} | {pick(new, 'facegan')} "
+                     f"| {kept:.0%} | {pick(new, 'lowest_fid')} | {pick(new, 'gt_best')} | {old['detected_onset']} "
+                     f"| {onset} | {new['gt_onset']} |")
+    lines += ["", "| target | stored | replayed |", "|---|---|---|"]
+    stored = result["targets"]
+    for key, value in targets.items():
+        lines.append(f"| {key} | {_fmt(stored.get(key))} | {_fmt(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="*", type=Path,
+                        help="benchmark JSON files [default: experiments/results/collapse_benchmark*.json]")
+    args = parser.parse_args(argv)
+    paths = args.results or sorted(RESULTS_DIR.glob("collapse_benchmark*.json"))
+    if not paths:
+        parser.error(f"no benchmark results under {RESULTS_DIR}; run experiments/collapse_benchmark.py first")
+    status = 0
+    for path in paths:
+        try:
+            result = json.loads(path.read_text())
+            print(report(path.name, result))
+        except (OSError, json.JSONDecodeError, KeyError) as error:
+            print(f"{path}: not a collapse benchmark result ({error})", file=sys.stderr)
+            status = 1
+        except StaleResult as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
