@@ -84,7 +84,7 @@ __all__ = ["Choice", "CollapseResult", "choose_best", "detect_collapse"]
 WOBBLE_WINDOW = 6
 
 _DETECT_KEYS = ("epoch", "coverage", "diversity", "duplicate_share")
-_CHOICE_KEYS = ("epoch", "fid", "kid", "kid_std", "coverage")
+_CHOICE_KEYS = ("epoch", "fid", "kid", "kid_std")
 _NOISE_KEYS = ("coverage_std", "diversity_std", "duplicate_share_mean", "duplicate_share_std")
 
 
