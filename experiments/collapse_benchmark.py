@@ -543,17 +543,21 @@ def markdown(result: dict) -> str:
     for run in result["histories"]["runs"]:
         cells = [f"{p['modes']} / {p['confident_share']:.2f} (ep {p['epoch']})"
                  for p in (run["picks"][k] for k in ("facegan", "lowest_fid", "last", "gt_best"))]
-        detected = run["detected_onset"]
-        if detected is None and run.get("unconfirmed_drop") is not None:
-            detected = f"None (drop at {run['unconfirmed_drop']}, unconfirmed)"
         lines.append(f"| {run['run']} | {run.get('features', '')} | " + " | ".join(cells)
-                     + f" | {detected} | {run['gt_onset']} | {run.get('gt_first_fall')} |")
+                     + f" | {onset_cell(run)} | {run['gt_onset']} | {run.get('gt_first_fall')} |")
     lines += ["", "Reliability (seeds whose ground truth shows good-then-collapse): "
               + ", ".join(f"{k}: {v['collapsed']}/{v['seeds']}" for k, v in result["histories"]["reliability"].items()),
               "", "## Targets", ""]
     lines += [f"- {key}: {value}" for key, value in result["targets"].items()]
     lines += ["", f"GPU part: {result['gpu']}"]
     return "\n".join(lines) + "\n"
+
+
+def onset_cell(run: dict) -> str:
+    """The detected onset for a table, naming an unconfirmed final drop when there is no onset."""
+    if run["detected_onset"] is None and run.get("unconfirmed_drop") is not None:
+        return f"None (drop at {run['unconfirmed_drop']}, unconfirmed)"
+    return str(run["detected_onset"])
 
 
 def _fmt(value) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from collapse_benchmark import history_targets, judge_run  # noqa: E402  (script beside this one)
+from collapse_benchmark import history_targets, judge_run, onset_cell  # noqa: E402  (script beside this one)
 
 from evaluation.collapse import choose_best, detect_collapse  # noqa: E402
 from ground_truth import RESULTS_DIR  # noqa: E402
@@ -69,12 +69,9 @@ def report(name: str, result: dict) -> str:
             return f"{summary['picks'][key]['modes']} (ep {summary['picks'][key]['epoch']})"
 
         kept = new["picks"]["facegan"]["modes"] / max(new["picks"]["gt_best"]["modes"], 1)
-        onset = new["detected_onset"]
-        if onset is None and new["unconfirmed_drop"] is not None:
-            onset = f"None (drop at {new['unconfirmed_drop']}, unconfirmed)"
         lines.append(f"| {new['run']} | {new.get('features', '')} | {pick(old, 'facegan')} | {pick(new, 'facegan')} "
                      f"| {kept:.0%} | {pick(new, 'lowest_fid')} | {pick(new, 'gt_best')} | {old['detected_onset']} "
-                     f"| {onset} | {new['gt_onset']} |")
+                     f"| {onset_cell(new)} | {new['gt_onset']} |")
     lines += ["", "| target | stored | replayed |", "|---|---|---|"]
     stored = result["targets"]
     for key, value in targets.items():
