@@ -21,7 +21,7 @@ import torch
 from facegan.checkpoint import load_checkpoint
 from facegan.config import load_config
 from facegan.data import synthetic_faces
-from facegan.tracking import MemoryTracker
+from facegan.run_tracker import MemoryTracker
 from facegan.training import cpu_has_native_bf16, select_device, train
 
 

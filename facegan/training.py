@@ -37,7 +37,7 @@ from facegan.losses import Objective, make_objective
 from facegan.models import build_discriminator, build_generator
 
 if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays out of its imports
-    from facegan.tracking import RunTracker
+    from facegan.run_tracker import RunTracker
 
 SAMPLE_KEY = "samples"
 MIN_GRID_SIDE = 512  # pixels

@@ -124,7 +124,7 @@ def check_replay(path, monkeypatch, capsys):
 def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():
     from facegan.config import load_config
     from facegan.data import synthetic_faces
-    from facegan.tracking import MemoryTracker
+    from facegan.run_tracker import MemoryTracker
     from facegan.training import train
 
     overrides = {**bench.BASE_OVERRIDES, "model.g_width": 8, "model.d_width": 8, "train.batch_size": 16,
