@@ -499,7 +499,8 @@ class TorchScriptExtractor(FeatureExtractor):
                 self._network = torch.jit.load(str(file), map_location=self.device).eval()
         except Exception as error:  # torch.jit.load raises RuntimeError or zipfile/pickle errors
             raise FaceganError(
-                f"{file} is not a TorchScript module (save one with torch.jit.save): {type(error).__name__}"
+                f"{file} is not a TorchScript module (save one with torch.jit.save), or one written by a newer "
+                f"PyTorch than this one ({torch.__version__}): {type(error).__name__}"
             ) from None
         size = getattr(self._network, "input_size", self.DEFAULT_INPUT_SIZE)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:

@@ -91,6 +91,12 @@ def generator_batches(generator: torch.nn.Module, num_samples: int, device: torc
             yield ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
+def score_generator(generator: torch.nn.Module, extractor: FeatureExtractor, reference: RealReference,
+                    num_samples: int, device: torch.device) -> dict[str, float]:
+    """One checkpoint's scores: its samples from the fixed latents against the real reference."""
+    return score(extractor.extract(generator_batches(generator, num_samples, device), progress=False), reference)
+
+
 @dataclass
 class Scored:
     epoch: int
@@ -297,10 +303,9 @@ def evaluate_run(
                 print(f"warning: skipping {ref.name}: {exc}", file=sys.stderr)
                 continue
             if reference is None:
-                reference, noise = _reference_and_noise(_run_real_data(payload, real, progress), extractor,
+                reference, noise = reference_and_noise(_run_real_data(payload, real, progress), extractor,
                                                         num_samples, progress)
-            features_fake = extractor.extract(generator_batches(generator, num_samples, torch_device), progress=False)
-            result = score(features_fake, reference)
+            result = score_generator(generator, extractor, reference, num_samples, torch_device)
             tracker.log_scores(ref, space, result)
             scored.append(Scored(ref.epoch, ref.name, result, ref.model_id))
         if not scored:
@@ -308,7 +313,7 @@ def evaluate_run(
                                + "; ".join(f"{label}: {reason}" for label, reason in skipped))
         if noise is None:  # everything was already scored: the chance levels are still needed
             generator, payload = load_generator(tracker.download(refs[-1], Path(tmp) / "noise"))
-            reference, noise = _reference_and_noise(_run_real_data(payload, real, progress), extractor,
+            reference, noise = reference_and_noise(_run_real_data(payload, real, progress), extractor,
                                                     num_samples, progress)
     scored.sort(key=lambda c: c.epoch)
     collapse, choice = decide(scored, noise)
@@ -342,7 +347,8 @@ def _run_real_data(payload: dict, real: str | None, progress: bool) -> Dataset:
     return data
 
 
-def _reference_and_noise(data: Dataset, extractor, num_samples: int, progress: bool):
+def reference_and_noise(data: Dataset, extractor, num_samples: int, progress: bool):
+    """The real images' reference in ``extractor``'s space (cached) and the scores' chance levels."""
     reference, _ = real_reference(data.images, data.digest, extractor, progress=progress)
     return reference, calibrate_noise(reference, num_samples)
 

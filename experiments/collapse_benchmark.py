@@ -25,7 +25,8 @@ attribute combinations) and stacked digits (1000 digit triples), both 32 x 32.
    after which the run never regains that best (the collapse it does not recover from). The
    first such fall of any kind is reported beside it: GANs hop between modes, and on these runs
    that first fall was a dip the run recovered from, on stable runs too.
-3. The same at 80 x 80 on a GPU: skipped with a note when none is available.
+3. The same at 80 x 80 on a GPU: ``experiments/collapse_benchmark_gpu.py``, which runs on a bare
+   GPU machine (no MLflow there) and writes ``collapse_benchmark-gpu.json`` and ``.md``.
 
 Usage::
 
@@ -175,15 +176,16 @@ class Domain:
     """A dataset with known modes: its real images, its classifier and how to draw from k modes."""
 
     name: str
-    real: torch.Tensor  # uint8 N x 3 x 32 x 32
+    real: torch.Tensor  # uint8 N x 3 x S x S
     classifier: object  # gt.FaceClassifier or gt.DigitClassifier
     num_modes: int
     modes_ladder: tuple[int, ...]
+    image_size: int = gt.IMAGE_SIZE  # faces only: the GPU part renders them at 80 x 80
 
     def draw(self, modes: np.ndarray, seed: int) -> torch.Tensor:
         """Fresh images of the given modes (not the real set's images)."""
-        if self.name == "faces":
-            return torch.from_numpy(gt.render_face_modes(modes, seed))
+        if self.name.startswith("faces"):
+            return torch.from_numpy(gt.render_face_modes(modes, seed, self.image_size))
         return torch.from_numpy(gt.stacked_digits(len(modes), seed, modes=modes)[0])
 
 
@@ -240,10 +242,11 @@ def truncation_ladder(generator: torch.nn.Module, num_samples: int) -> list[tupl
     latents = torch.randn(num_samples, generator.latent_dim, generator=rng)
     anchors = torch.randn(TRUNCATION_ANCHORS, generator.latent_dim, generator=rng)
     nearest = anchors[torch.arange(num_samples) % TRUNCATION_ANCHORS]
+    device = next(generator.parameters()).device
     sets = []
     with torch.inference_mode():
         for t in TRUNCATION_STEPS:
-            images = generator.eval()(nearest + t * (latents - nearest))
+            images = generator.eval()((nearest + t * (latents - nearest)).to(device)).float().cpu()
             sets.append((f"t={t}", ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)))
     return sets
 
@@ -281,8 +284,15 @@ def train_run(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str) -> str:
     """Train one run into the MLflow store; returns its run id."""
     from facegan.tracking import MlflowRunTracker
 
+    tracker = MlflowRunTracker.start(tracking_uri, EXPERIMENT, f"{scale.name}-{spec.name}-seed{seed}")
+    train_into(tracker, spec, seed, scale, BASE_OVERRIDES)
+    return tracker.run_id
+
+
+def train_into(tracker, spec: RunSpec, seed: int, scale: Scale, base_overrides: dict) -> None:
+    """Train one run of ``spec`` on the synthetic faces into ``tracker`` (any RunTracker)."""
     overrides = {
-        **BASE_OVERRIDES,
+        **base_overrides,
         **spec.overrides,
         "train.seed": seed,
         "train.epochs": scale.epochs,
@@ -293,17 +303,15 @@ def train_run(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str) -> str:
     }
     cfg = load_config(None, overrides=overrides)
     data = synthetic_faces(cfg.data.num_images, cfg.model.image_size, seed=cfg.data.seed)
-    tracker = MlflowRunTracker.start(tracking_uri, EXPERIMENT, f"{scale.name}-{spec.name}-seed{seed}")
     if spec.collapse_after is None:
         train(cfg, data, tracker, progress=False)
-        return tracker.run_id
+        return
     lr_g, lr_d = spec.collapse_lr
-    # The MLflow run says what was done to it.
+    # The run says what was done to it.
     tracker.log_params({"benchmark.collapse_after": spec.collapse_after,
                         "benchmark.collapse_lr_g": lr_g, "benchmark.collapse_lr_d": lr_d})
     train(cfg, data, tracker, progress=False,
           trainer_class=lambda *a, **k: DesignedCollapse(*a, after=spec.collapse_after, lr_g=lr_g, lr_d=lr_d, **k))
-    return tracker.run_id
 
 
 class DesignedCollapse(Trainer):
@@ -533,7 +541,8 @@ def markdown(result: dict) -> str:
         for space, values in ladder["spearman"].items():
             lines.append(f"| {dataset} | {kind} | {space} | {_fmt(values['diversity'])} | "
                          f"{_fmt(values['coverage'])} | {modes} |")
-    lines += ["", "## Training histories (faces, 32 x 32)", "",
+    size = result.get("image_size", gt.IMAGE_SIZE)
+    lines += ["", f"## Training histories (faces, {size} x {size})", "",
               "GT modes / confident share at each pick; onsets in epochs.", "",
               "GT onset: the first >= 20% fall in modes the run never recovers from; GT first fall: the "
               "first >= 20% fall of any kind (often a dip the run recovers from).", "",
@@ -715,8 +724,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ladders": ladders,
         "histories": {"runs": runs, "reliability": reliability(runs)},
         "targets": {**ladder_targets(ladders), **history_targets(runs)},
-        "gpu": "skipped: no GPU on this machine" if not torch.cuda.is_available()
-        else "not implemented in this benchmark yet: CUDA is available but the 80x80 part was not run",
+        "gpu": "a separate script: experiments/collapse_benchmark_gpu.py (80 x 80 on a GPU machine; "
+               "results in collapse_benchmark-gpu.md)",
     }
     result["seconds_total"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,15 @@ def test_face_classifier_on_held_out_renders(face_classifier):
     assert min(accuracy.values()) >= 0.98, accuracy
 
 
+def test_face_classifier_on_80x80_renders(face_classifier):
+    """The GPU benchmark's samples are 80 x 80: scaled down to the classifier's 32 x 32 it still reads them."""
+    accuracy = face_classifier.held_out_accuracy(1000, seed=54321, size=80)
+    assert min(accuracy.values()) >= 0.98, accuracy
+    one = face_classifier.count_modes(gt.render_face_modes(np.full(200, 5), 4, size=80))
+    half = face_classifier.count_modes(gt.render_face_modes(np.arange(0, 96, 2).repeat(6), 5, size=80))
+    assert (one.modes, half.modes) == (1, 48)
+
+
 def test_face_mode_counting_on_constructed_sets(face_classifier):
     rng = np.random.default_rng(0)
     all_modes = gt.count_modes(*face_classifier.classify(gt.render_face_modes(np.arange(96).repeat(4), 1)), 96)
