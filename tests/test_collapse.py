@@ -234,6 +234,31 @@ def test_a_duplicate_share_that_rises_again_is_collapse():
     assert detect_collapse(checkpoints, NOISE).onset_epoch == 400
 
 
+def test_duplicates_that_rise_while_coverage_rises_are_learning_not_collapse():
+    """As at 80 x 80: a generator still learning draws more alike samples while it covers more."""
+    coverage = [0.02, 0.06, 0.10, 0.16, 0.22, 0.30, 0.31]
+    duplicates = [0.05, 0.12, 0.25, 0.35, 0.45, 0.60, 0.62]
+    result = detect_collapse(run(coverage, duplicates=duplicates), NOISE)
+    assert not any(result.drops)
+    # The old comparison with the run's fewest duplicates anywhere would have called it collapse
+    # from epoch 300 (0.25 > 0.05 + 0.10); only checkpoints that covered about as much count now.
+    later = detect_collapse(run(coverage + [0.30, 0.31], duplicates=duplicates + [0.90, 0.95]), NOISE)
+    assert later.onset_epoch == 800  # a rise above checkpoints that covered as much still counts
+    assert "duplicate share 0.900 > 0.720" in later.drops[7]  # 0.62, the fewest held at 0.30+, + 0.10
+
+
+def test_checkpoints_that_cover_nothing_set_no_best():
+    """Below 1% coverage a checkpoint has learned nothing here: its spread is noise, not a best."""
+    coverage = [0.0, 0.002, 0.004, 0.03, 0.04, 0.035]
+    diversity = [0.2, 0.6, 0.62, 0.25, 0.3, 0.28]
+    duplicates = [0.01, 0.01, 0.01, 0.5, 0.6, 0.55]
+    result = detect_collapse(run(coverage, diversity, duplicates), NOISE)
+    assert not any(result.drops)
+    assert result.thresholds["min_coverage"] == 0.01
+    # With the minimum at 0, the noise sets the bar and learning looks like a collapse.
+    assert detect_collapse(run(coverage, diversity, duplicates), NOISE, min_coverage=0.0).onset_epoch == 400
+
+
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="increasing epoch"):
         detect_collapse(run([0.5, 0.6])[::-1], NOISE)
