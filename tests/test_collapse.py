@@ -76,7 +76,9 @@ def test_a_single_dip_that_recovers_is_not_collapse():
     assert result.drops[3] and not result.collapsed[3]
     # The dipped checkpoint is never chosen, even with the lowest FID.
     checkpoints[3]["fid"] = 1.0
-    assert choose_best(checkpoints, result).epoch != 400
+    choice = choose_best(checkpoints, result)
+    assert choice.epoch != 400
+    assert "skipping checkpoints with a drop (a dip at epoch 400)" in choice.reason
     strict = detect_collapse(checkpoints, NOISE, patience=1)  # one checkpoint is enough to count...
     assert strict.collapsed[3] and strict.passing_epochs == [400]
     assert strict.onset_epoch is None  # ...but the run came back: a passing collapse, not the onset
