@@ -533,8 +533,12 @@ def markdown(result: dict) -> str:
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in info["held_out_accuracy"].items())
         lines.append(f"| {name} | {accuracy} | {real['modes']}/{real['num_modes']} | {real['kl']:.3f} | "
                      f"{real['confident_share']:.2f} |")
-    lines += ["", "## Ladders: Spearman with ground-truth modes", "",
-              "| dataset | ladder | features | diversity | coverage | GT modes along the ladder |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Ladders: Spearman with ground-truth modes", ""]
+    if result["ladders"]:
+        lines += ["| dataset | ladder | features | diversity | coverage | GT modes along the ladder |",
+                  "|---|---|---|---|---|---|"]
+    else:
+        lines.append("Not run in this study (--no-ladders).")
     for key, ladder in result["ladders"].items():
         dataset, kind = key.split("/")
         modes = [p["gt"]["modes"] for p in ladder["points"]]
