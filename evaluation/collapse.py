@@ -318,7 +318,7 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
     if steady and len(steady) < len(pool):
         notes = []
         collapsed = dict(zip(collapse.epochs, collapse.collapsed))
-        before_end = collapse.unconfirmed_epoch or math.inf
+        before_end = math.inf if collapse.unconfirmed_epoch is None else collapse.unconfirmed_epoch
         dips = [c["epoch"] for c in pool if drops[c["epoch"]] and not collapsed[c["epoch"]] and c["epoch"] < before_end]
         if dips:  # too short to be a collapse, and the run came back: named, as the table does not mark them
             notes.append(f"{'a dip' if len(dips) == 1 else 'dips'} at epoch {', '.join(map(str, dips))}")

@@ -304,7 +304,7 @@ def evaluate_run(
                 continue
             if reference is None:
                 reference, noise = reference_and_noise(_run_real_data(payload, real, progress), extractor,
-                                                        num_samples, progress)
+                                                       num_samples, progress)
             result = score_generator(generator, extractor, reference, num_samples, torch_device)
             tracker.log_scores(ref, space, result)
             scored.append(Scored(ref.epoch, ref.name, result, ref.model_id))
@@ -314,7 +314,7 @@ def evaluate_run(
         if noise is None:  # everything was already scored: the chance levels are still needed
             generator, payload = load_generator(tracker.download(refs[-1], Path(tmp) / "noise"))
             reference, noise = reference_and_noise(_run_real_data(payload, real, progress), extractor,
-                                                    num_samples, progress)
+                                                   num_samples, progress)
     scored.sort(key=lambda c: c.epoch)
     collapse, choice = decide(scored, noise)
     evaluation = Evaluation(space, extractor.note, scored, collapse, choice, noise, num_samples, skipped,

@@ -69,7 +69,7 @@ from evaluation.ranking import (Evaluation, Scored, decide, generator_batches, r
 from facegan.checkpoint import load_generator  # noqa: E402
 from facegan.data import synthetic_faces  # noqa: E402
 from facegan.errors import FaceganError  # noqa: E402
-from facegan.run_tracker import MemoryTracker  # noqa: E402
+from facegan.run_tracker import MemoryTracker, checkpoint_name  # noqa: E402
 from facegan.training import select_device  # noqa: E402
 
 IMAGE_SIZE = 80
@@ -148,7 +148,7 @@ def ground_truth_of(generators: dict[int, torch.nn.Module], classifier, num_samp
 def evaluate_generators(run_id: str, generators: dict[int, torch.nn.Module], extractor, reference, noise,
                         num_samples: int, device: torch.device) -> Evaluation:
     """What ``facegan evaluate --run`` computes for these checkpoints, without a store."""
-    scored = [Scored(epoch, f"generator-epoch-{epoch:04d}",
+    scored = [Scored(epoch, checkpoint_name(epoch),
                      score_generator(g, extractor, reference, num_samples, device))
               for epoch, g in sorted(generators.items())]
     collapse, choice = decide(scored, noise)

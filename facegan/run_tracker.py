@@ -14,6 +14,11 @@ from typing import Protocol
 import numpy as np
 
 
+def checkpoint_name(epoch: int) -> str:
+    """A generator checkpoint's name, in any store: ``generator-epoch-0100``."""
+    return f"generator-epoch-{epoch:04d}"
+
+
 class RunTracker(Protocol):
     """What the training loop needs from a tracker."""
 
@@ -34,7 +39,7 @@ class RunTracker(Protocol):
 
 
 class MemoryTracker:
-    """An in-memory tracker for tests of the loop without a store."""
+    """An in-memory tracker: for tests of the loop, and where there is no MLflow."""
 
     def __init__(self, run_id: str = "memory"):
         self.run_id = run_id

@@ -35,14 +35,11 @@ from PIL import Image
 
 from facegan.checkpoint import GENERATOR_FILE
 from facegan.errors import FaceganError
+from facegan.run_tracker import checkpoint_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_TYPE = "facegan-generator"
 RESUME_ARTIFACT = "resume/state.pt"
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"generator-epoch-{epoch:04d}"
 
 
 # ----------------------------------------------------------------------------------------------
