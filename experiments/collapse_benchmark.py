@@ -26,7 +26,7 @@ attribute combinations) and stacked digits (1000 digit triples), both 32 x 32.
    first such fall of any kind is reported beside it: GANs hop between modes, and on these runs
    that first fall was a dip the run recovered from, on stable runs too.
 3. The same at 80 x 80 on a GPU: ``experiments/collapse_benchmark_gpu.py``, which runs on a bare
-   GPU machine (no MLflow there) and writes ``collapse_benchmark-gpu.json`` and ``.md``.
+   GPU machine (no MLflow there) and writes ``collapse_benchmark-<scale>.json`` and ``.md``.
 
 Usage::
 
@@ -729,7 +729,7 @@ def main(argv: list[str] | None = None) -> dict:
         "histories": {"runs": runs, "reliability": reliability(runs)},
         "targets": {**ladder_targets(ladders), **history_targets(runs)},
         "gpu": "a separate script: experiments/collapse_benchmark_gpu.py (80 x 80 on a GPU machine; "
-               "results in collapse_benchmark-gpu.md)",
+               "results in collapse_benchmark-gpu80.md)",
     }
     result["seconds_total"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
