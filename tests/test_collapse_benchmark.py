@@ -91,6 +91,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
     assert {"fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share", "precision"} <= set(run["checkpoints"][0])
     assert {"coverage_std", "diversity_std"} <= set(run["noise"])
     check_replay(tmp_path / "out" / "collapse_benchmark-tiny-encoder2.json", monkeypatch, capsys)
+    check_ground_truth_noise(tmp_path / "out" / "collapse_benchmark-tiny-encoder2.json", tracking_uri, tmp_path, capsys)
 
 
 def check_replay(path, monkeypatch, capsys):
@@ -119,6 +120,53 @@ def check_replay(path, monkeypatch, capsys):
     stale.write_text(json.dumps(stored))
     assert replay_rule.main([str(stale)]) == 1
     assert "predates stored scores; run the benchmark again" in capsys.readouterr().err
+
+
+def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
+    import ground_truth as gt
+    import ground_truth_noise
+
+    from evaluation.ranking import LATENT_SEED
+    from facegan.checkpoint import load_generator
+    from facegan.tracking import EvaluationTracker
+
+    stored = json.loads(path.read_text())
+    run = stored["histories"]["runs"][0]
+    out = tmp_path / "noise"
+    report = ground_truth_noise.main([str(path), "--tracking-uri", tracking_uri, "--repeats", "2",
+                                      "--from-epoch", "2", "--out", str(out)])
+    counts = report["counts"][run["run_id"]]
+    assert list(counts) == ["2", "3"] and all(len(v) == 2 for v in counts.values())
+    assert all(0 <= m <= gt.num_face_modes() for v in counts.values() for m in v)
+    assert report["settings"]["seeds"] == [LATENT_SEED + 1, LATENT_SEED + 2]
+    # The picks' stored counts are the benchmark's own.
+    for row, summary in zip(report["runs"], stored["histories"]["runs"]):
+        for pick in ("facegan", "lowest_fid"):
+            if "stored_modes" in row[pick]:
+                assert row[pick]["stored_modes"] == summary["picks"][pick]["modes"]
+    assert (out / "collapse_benchmark-tiny-encoder2-gt_noise.md").read_text().startswith("# Ground-truth resolution")
+
+    # Drawn with facegan's own latent seed, the resampler reproduces the benchmark's stored counts,
+    # which came through evaluate's generator_batches: the same latents, classified the same way.
+    classifier = gt.FaceClassifier.load_or_train()
+    tracker = EvaluationTracker(tracking_uri, run["run_id"])
+    ref = tracker.checkpoints()[-1]
+    generator, _ = load_generator(tracker.download(ref, tmp_path / "ckpt"))
+    images = ground_truth_noise.latent_draw(generator, stored["settings"]["gt_samples"], LATENT_SEED)
+    assert classifier.count_modes(images).to_dict() == run["checkpoints"][-1]["gt"]
+
+    # Bad input: one message and exit code 2, nothing written.
+    capsys.readouterr()
+    for argv, message in ((["--tracking-uri", "sqlite:///" + str(tmp_path / "absent.db")], "no store at"),
+                          (["--tracking-uri", tracking_uri, "--repeats", "1"], "--repeats must be at least 2")):
+        with pytest.raises(SystemExit) as exit_info:
+            ground_truth_noise.main([str(path), *argv, "--out", str(tmp_path / "bad")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(SystemExit) as exit_info:
+        ground_truth_noise.main([str(tmp_path / "other.json"), "--tracking-uri", tracking_uri])
+    assert exit_info.value.code == 2 and "is not a collapse benchmark result" in capsys.readouterr().err
+    assert not (tmp_path / "absent.db").exists() and not (tmp_path / "bad").exists()
 
 
 def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():
