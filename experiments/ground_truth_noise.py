@@ -153,11 +153,16 @@ def main(argv: list[str] | None = None) -> dict:
         result = json.loads(args.result.read_text())
         runs = result["histories"]["runs"]
         num_samples = int(result["settings"]["gt_samples"])
+        gt_best = {run["run"]: int(run["picks"]["gt_best"]["epoch"]) for run in runs}
     except FileNotFoundError:
         parser.error(f"no such result file: {args.result}")
     except (json.JSONDecodeError, KeyError, TypeError):
         parser.error(f"{args.result} is not a collapse benchmark result (collapse_benchmark*.json)")
 
+    for name, epoch in gt_best.items():  # the shares kept are relative to the best: resample it too
+        if epoch < args.from_epoch:
+            parser.error(f"--from-epoch {args.from_epoch} leaves out the ground-truth best of {name} "
+                         f"(epoch {epoch}); give a lower one")
     if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[len("sqlite:///"):]).is_file():
         parser.error(f"no store at {args.tracking_uri} (give the benchmark's own --tracking-uri)")
     started = time.perf_counter()

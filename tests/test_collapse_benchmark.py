@@ -134,9 +134,9 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
     run = stored["histories"]["runs"][0]
     out = tmp_path / "noise"
     report = ground_truth_noise.main([str(path), "--tracking-uri", tracking_uri, "--repeats", "2",
-                                      "--from-epoch", "2", "--out", str(out)])
+                                      "--from-epoch", "1", "--out", str(out)])
     counts = report["counts"][run["run_id"]]
-    assert list(counts) == ["2", "3"] and all(len(v) == 2 for v in counts.values())
+    assert list(counts) == ["1", "2", "3"] and all(len(v) == 2 for v in counts.values())
     assert all(0 <= m <= gt.num_face_modes() for v in counts.values() for m in v)
     assert report["settings"]["seeds"] == [LATENT_SEED + 1, LATENT_SEED + 2]
     # The picks' stored counts are the benchmark's own.
@@ -158,9 +158,10 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
     # Bad input: one message and exit code 2, nothing written.
     capsys.readouterr()
     for argv, message in ((["--tracking-uri", "sqlite:///" + str(tmp_path / "absent.db")], "no store at"),
-                          (["--tracking-uri", tracking_uri, "--repeats", "1"], "--repeats must be at least 2")):
+                          (["--tracking-uri", tracking_uri, "--repeats", "1"], "--repeats must be at least 2"),
+                          (["--tracking-uri", tracking_uri, "--from-epoch", "4"], "leaves out the ground-truth best")):
         with pytest.raises(SystemExit) as exit_info:
-            ground_truth_noise.main([str(path), *argv, "--out", str(tmp_path / "bad")])
+            ground_truth_noise.main([str(path), "--from-epoch", "1", *argv, "--out", str(tmp_path / "bad")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     (tmp_path / "other.json").write_text(json.dumps({"runs": []}))
     with pytest.raises(SystemExit) as exit_info:
