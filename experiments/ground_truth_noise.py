@@ -140,12 +140,15 @@ def markdown(result_name: str, settings: dict, counts: dict, rows: list[dict], r
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("result", nargs="?", type=Path, default=gt.RESULTS_DIR / "collapse_benchmark.json")
+    parser.add_argument("result", nargs="?", type=Path, default=gt.RESULTS_DIR / "collapse_benchmark.json",
+                        help="a collapse benchmark's JSON (default experiments/results/collapse_benchmark.json)")
     parser.add_argument("--tracking-uri", required=True, help="the store the benchmark trained its runs into")
     parser.add_argument("--repeats", type=int, default=5, help="further latent draws per checkpoint (default 5)")
     parser.add_argument("--from-epoch", type=int, default=18,
-                        help="resample checkpoints from this epoch on (default 18: the choices all lie there)")
-    parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR)
+                        help="resample checkpoints from this epoch on (default 18: the full benchmark's choices and "
+                             "best checkpoints all lie there; --quick's need 8)")
+    parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR,
+                        help="folder for <RESULT>-gt_noise.json and .md (default experiments/results)")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error(f"--repeats must be at least 2 (a spread needs two draws), got {args.repeats}")
