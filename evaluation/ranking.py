@@ -303,7 +303,7 @@ def evaluate_run(
                 print(f"warning: skipping {ref.name}: {exc}", file=sys.stderr)
                 continue
             if reference is None:
-                reference, noise = reference_and_noise(_run_real_data(payload, real, progress), extractor,
+                reference, noise = reference_and_noise(run_real_data(payload, real, progress), extractor,
                                                        num_samples, progress)
             result = score_generator(generator, extractor, reference, num_samples, torch_device)
             tracker.log_scores(ref, space, result)
@@ -313,7 +313,7 @@ def evaluate_run(
                                + "; ".join(f"{label}: {reason}" for label, reason in skipped))
         if noise is None:  # everything was already scored: the chance levels are still needed
             generator, payload = load_generator(tracker.download(refs[-1], Path(tmp) / "noise"))
-            reference, noise = reference_and_noise(_run_real_data(payload, real, progress), extractor,
+            reference, noise = reference_and_noise(run_real_data(payload, real, progress), extractor,
                                                    num_samples, progress)
     scored.sort(key=lambda c: c.epoch)
     collapse, choice = decide(scored, noise)
@@ -331,7 +331,7 @@ def evaluate_run(
     return evaluation
 
 
-def _run_real_data(payload: dict, real: str | None, progress: bool) -> Dataset:
+def run_real_data(payload: dict, real: str | None, progress: bool) -> Dataset:
     """The real images of a run: its own training data (checked by digest), or ``--real``."""
     if real is not None:
         return load_real(real, payload["network"]["image_size"], progress)

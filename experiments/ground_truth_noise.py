@@ -14,9 +14,15 @@ modes' mean and standard deviation beside the stored count, then per run and fea
 share of the best checkpoint's modes that facegan's choice and the lowest-FID checkpoint keep,
 on the stored counts and on the resampled means.
 
+``--features LABEL=SPEC`` (e.g. ``encoder=torchscript:enc.pt``, ``random=random``) also scores the
+first ``num_samples`` images of every draw in that feature space, against the run's own real
+images as ``facegan evaluate`` does, for the runs the benchmark scored under LABEL: how firmly
+facegan's FID orders the same checkpoints, and which checkpoint has the lowest mean FID.
+
 Usage::
 
     python experiments/ground_truth_noise.py [RESULT.json] --tracking-uri URI [--repeats 5] [--from-epoch 18]
+        [--features LABEL=SPEC ...]
 
 RESULT.json defaults to ``experiments/results/collapse_benchmark.json``; URI is the store the
 benchmark trained its runs into (its ``--tracking-uri``; checkpoints are read, never written).
@@ -40,7 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
 
-from evaluation.ranking import GENERATION_BATCH, LATENT_SEED  # noqa: E402
+from evaluation.features import get_extractor  # noqa: E402
+from evaluation.metrics import score  # noqa: E402
+from evaluation.ranking import GENERATION_BATCH, LATENT_SEED, real_reference, run_real_data  # noqa: E402
 from facegan.checkpoint import load_generator  # noqa: E402
 from facegan.errors import FaceganError  # noqa: E402
 
@@ -56,26 +64,55 @@ def latent_draw(generator: torch.nn.Module, num_samples: int, seed: int) -> torc
     return ((torch.cat(batches).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def run_references(payload: dict, spaces: dict[str, object]) -> dict[str, object]:
+    """The run's own training images as a reference in each space, as ``facegan evaluate`` compares."""
+    if not spaces:
+        return {}
+    data = run_real_data(payload, None, progress=False)
+    return {label: real_reference(data.images, data.digest, extractor, progress=False)[0]
+            for label, extractor in spaces.items()}
+
+
+def score_draw(generator: torch.nn.Module, seed: int, num_samples: int, classifier, spaces: dict[str, object],
+               references: dict[str, object], num_scored: int) -> tuple[int, dict[str, float]]:
+    """One draw of latents: its ground-truth modes, and facegan's FID of its first ``num_scored``
+    images in each space (``{label: extractor}``)."""
+    images = latent_draw(generator, num_samples, seed)
+    fids = {label: score(extractor.extract(images[:num_scored].split(GENERATION_BATCH), progress=False),
+                         references[label])["fid"]
+            for label, extractor in spaces.items()}
+    return classifier.count_modes(images).modes, fids
+
+
 def resample_run(run_id: str, tracking_uri: str, classifier, num_samples: int, repeats: int,
-                 from_epoch: int) -> dict[int, list[int]]:
-    """``{epoch: [modes on each further draw]}`` for the run's checkpoints from ``from_epoch`` on."""
+                 from_epoch: int, spaces: dict[str, object], num_scored: int) -> tuple[dict, dict]:
+    """For the run's checkpoints from ``from_epoch`` on: ``{epoch: [modes on each further draw]}``
+    and ``{label: {epoch: [FID on each draw]}}`` for ``spaces`` (``{label: extractor}``)."""
     from facegan.tracking import EvaluationTracker
 
     tracker = EvaluationTracker(tracking_uri, run_id)
-    counts = {}
+    counts, fids, references = {}, {label: {} for label in spaces}, None
     with tempfile.TemporaryDirectory() as tmp:
         for ref in tracker.checkpoints():
             if ref.epoch < from_epoch:
                 continue
-            generator, _ = load_generator(tracker.download(ref, Path(tmp) / ref.model_id))
-            generator.eval()
-            counts[ref.epoch] = [classifier.count_modes(latent_draw(generator, num_samples, LATENT_SEED + r)).modes
-                                 for r in range(1, repeats + 1)]
-    return counts
+            generator, payload = load_generator(tracker.download(ref, Path(tmp) / ref.model_id))
+            references = references if references is not None else run_references(payload, spaces)
+            draws = [score_draw(generator.eval(), LATENT_SEED + r, num_samples, classifier, spaces, references,
+                                num_scored) for r in range(1, repeats + 1)]
+            counts[ref.epoch] = [modes for modes, _ in draws]
+            for label in spaces:
+                fids[label][ref.epoch] = [draw_fids[label] for _, draw_fids in draws]
+    return counts, fids
 
 
-def summarise(result: dict, counts: dict[str, dict[int, list[int]]]) -> list[dict]:
-    """Per run and feature space: stored and resampled modes of the picks, and the shares kept."""
+def summarise(result: dict, counts: dict[str, dict[int, list[int]]], fids: dict | None = None) -> list[dict]:
+    """Per run and feature space: stored and resampled modes of the picks, and the shares kept.
+
+    ``fids`` (``{run_id: {label: {epoch: [FID per draw]}}}``) adds, for the runs scored under a
+    label, the checkpoint with the lowest mean FID over the draws (onsets aside: every run's
+    choice so far is its lowest-FID checkpoint before the onset, and no onset moves with a draw).
+    """
     rows = []
     for run in result["histories"]["runs"]:
         resampled = counts[run["run_id"]]
@@ -99,11 +136,21 @@ def summarise(result: dict, counts: dict[str, dict[int, list[int]]]) -> list[dic
                 "kept_stored": round(stored[epoch] / max(stored[best_stored], 1), 3),  # as the benchmark
                 "kept_resampled": round(means[epoch] / max(means[best_mean], 1), 3),
             }
+        run_fids = ((fids or {}).get(run["run_id"]) or {}).get(run["features"])
+        if run_fids:
+            onset = run["detected_onset"]
+            before = [e for e in run_fids if onset is None or e < onset]
+            fid_means = {e: float(np.mean(run_fids[e])) for e in before}
+            epoch = min(fid_means, key=fid_means.get)
+            row["lowest_mean_fid"] = {"epoch": epoch, "fid_mean": round(fid_means[epoch], 4),
+                                      "resampled_mean": round(means[epoch], 1),
+                                      "kept_resampled": round(means[epoch] / max(means[best_mean], 1), 3)}
         rows.append(row)
     return rows
 
 
-def markdown(result_name: str, settings: dict, counts: dict, rows: list[dict], result: dict) -> str:
+def markdown(result_name: str, settings: dict, counts: dict, rows: list[dict], result: dict,
+             fids: dict | None = None) -> str:
     lines = [f"# Ground-truth resolution of `{result_name}`", "",
              (f"{settings['repeats']} further draws of {settings['num_samples']} latents per checkpoint "
               f"(from epoch {settings['from_epoch']}); the stored count is the benchmark's, on facegan's own latents. "
@@ -135,6 +182,24 @@ def markdown(result_name: str, settings: dict, counts: dict, rows: list[dict], r
             cells += [f"ep {p['epoch']}, {p['stored_modes']}, {p['resampled_mean']} ± {p['resampled_std']}",
                       f"{100 * p['kept_stored']:.0f} / {100 * p['kept_resampled']:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
+    if fids:
+        lines += ["", f"## facegan's FID on the same draws (first {settings['num_scored']} images): mean ± sd", ""]
+        seen = set()
+        for run in result["histories"]["runs"]:
+            per_label = fids.get(run["run_id"], {})
+            if run["run_id"] in seen or not per_label:
+                continue
+            seen.add(run["run_id"])
+            for label, by_epoch in per_label.items():
+                cells = [f"{e}: {np.mean(v):.4g} ± {np.std(v, ddof=1):.2g}" for e, v in sorted(by_epoch.items())]
+                lines.append(f"- **{run['run']}**, {label}: " + "; ".join(cells))
+        lines += ["", "| run | space | lowest mean FID before the onset: epoch, GT modes resampled | kept resampled |",
+                  "|---|---|---|---|"]
+        for row in rows:
+            if "lowest_mean_fid" in row:
+                p = row["lowest_mean_fid"]
+                lines.append(f"| {row['run']} | {row['features']} | ep {p['epoch']}, {p['resampled_mean']} "
+                             f"| {100 * p['kept_resampled']:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--from-epoch", type=int, default=18,
                         help="resample checkpoints from this epoch on (default 18: the full benchmark's choices and "
                              "best checkpoints all lie there; --quick's need 8)")
+    parser.add_argument("--features", action="append", default=[], metavar="LABEL=SPEC",
+                        help="also score every draw with facegan's FID in this feature space, for the runs the "
+                             "benchmark scored under LABEL (e.g. encoder=torchscript:enc.pt, random=random; "
+                             "repeatable)")
     parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR,
                         help="folder for <RESULT>-gt_noise.json and .md (default experiments/results)")
     args = parser.parse_args(argv)
@@ -162,6 +231,16 @@ def main(argv: list[str] | None = None) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError):
         parser.error(f"{args.result} is not a collapse benchmark result (collapse_benchmark*.json)")
 
+    labels = {run.get("features") for run in runs}
+    specs = {}
+    for item in args.features:
+        label, _, spec = item.partition("=")
+        if not spec:
+            parser.error(f"--features takes LABEL=SPEC (e.g. encoder=torchscript:enc.pt), got {item!r}")
+        if label not in labels:
+            parser.error(f"no run of {args.result.name} was scored under {label!r}; it has "
+                         + ", ".join(sorted(str(x) for x in labels)))
+        specs[label] = spec
     for name, epoch in gt_best.items():  # the shares kept are relative to the best: resample it too
         if epoch < args.from_epoch:
             parser.error(f"--from-epoch {args.from_epoch} leaves out the ground-truth best of {name} "
@@ -169,28 +248,34 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[len("sqlite:///"):]).is_file():
         parser.error(f"no store at {args.tracking_uri} (give the benchmark's own --tracking-uri)")
     started = time.perf_counter()
-    classifier = gt.FaceClassifier.load_or_train()
-    counts = {}
+    classifier = gt.FaceClassifier.load_or_train()  # every benchmark scale's classifier (gt.FACE_SETTINGS)
+    counts, fids = {}, {}
     try:
+        spaces = {label: get_extractor(spec) for label, spec in specs.items()}
         for run in runs:
             if run["run_id"] in counts:
                 continue
-            counts[run["run_id"]] = resample_run(run["run_id"], args.tracking_uri, classifier, num_samples,
-                                                 args.repeats, args.from_epoch)
+            counts[run["run_id"]], fids[run["run_id"]] = resample_run(
+                run["run_id"], args.tracking_uri, classifier, num_samples, args.repeats, args.from_epoch,
+                spaces, int(result.get("num_samples", num_samples)))
             print(f"[{time.perf_counter() - started:5.0f} s] {run['run']}: "
                   + ", ".join(f"{e}: {np.mean(v):.1f}±{np.std(v, ddof=1):.1f}" for e, v in counts[run['run_id']].items()),
                   flush=True)
     except FaceganError as error:
         parser.exit(2, f"error: {error}\n")
     settings = {"result": args.result.name, "repeats": args.repeats, "num_samples": num_samples,
-                "from_epoch": args.from_epoch, "seeds": [LATENT_SEED + r for r in range(1, args.repeats + 1)]}
-    rows = summarise(result, counts)
+                "from_epoch": args.from_epoch, "seeds": [LATENT_SEED + r for r in range(1, args.repeats + 1)],
+                "features": specs, "num_scored": int(result.get("num_samples", num_samples))}
+    fids = {k: v for k, v in fids.items() if any(v.values())} if specs else {}
+    rows = summarise(result, counts, fids)
     report = {"settings": settings, "counts": {k: {str(e): v for e, v in c.items()} for k, c in counts.items()},
+              "fids": {k: {label: {str(e): v for e, v in by_epoch.items()} for label, by_epoch in per.items()}
+                       for k, per in fids.items()},
               "runs": rows, "seconds": round(time.perf_counter() - started, 1)}
     stem = args.result.stem + "-gt_noise"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    text = markdown(args.result.name, settings, counts, rows, result)
+    text = markdown(args.result.name, settings, counts, rows, result, fids)
     (args.out / f"{stem}.md").write_text(text)
     print(text)
     return report

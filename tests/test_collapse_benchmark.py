@@ -134,9 +134,13 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
     run = stored["histories"]["runs"][0]
     out = tmp_path / "noise"
     report = ground_truth_noise.main([str(path), "--tracking-uri", tracking_uri, "--repeats", "2",
-                                      "--from-epoch", "1", "--out", str(out)])
+                                      "--from-epoch", "1", "--features", "random=random", "--out", str(out)])
     counts = report["counts"][run["run_id"]]
     assert list(counts) == ["1", "2", "3"] and all(len(v) == 2 for v in counts.values())
+    fids = report["fids"][run["run_id"]]["random"]
+    assert list(fids) == ["1", "2", "3"] and all(len(v) == 2 and min(v) > 0 for v in fids.values())
+    random_row = next(r for r in report["runs"] if r["features"] == "random")
+    assert "lowest_mean_fid" in random_row and "lowest_mean_fid" not in report["runs"][1]  # encoder not asked for
     assert all(0 <= m <= gt.num_face_modes() for v in counts.values() for m in v)
     assert report["settings"]["seeds"] == [LATENT_SEED + 1, LATENT_SEED + 2]
     # The picks' stored counts are the benchmark's own.
@@ -154,12 +158,24 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
     generator, _ = load_generator(tracker.download(ref, tmp_path / "ckpt"))
     images = ground_truth_noise.latent_draw(generator, stored["settings"]["gt_samples"], LATENT_SEED)
     assert classifier.count_modes(images).to_dict() == run["checkpoints"][-1]["gt"]
+    # ... and, scoring that draw, the FID `facegan evaluate --features random` logged for the checkpoint.
+    from evaluation.features import get_extractor
+
+    spaces = {"random": get_extractor("random")}
+    _, payload = load_generator(tracker.download(ref, tmp_path / "ckpt2"))
+    modes, draw_fids = ground_truth_noise.score_draw(
+        generator, LATENT_SEED, stored["settings"]["gt_samples"], classifier, spaces,
+        ground_truth_noise.run_references(payload, spaces), stored["num_samples"])
+    assert modes == run["checkpoints"][-1]["gt"]["modes"]
+    assert draw_fids["random"] == pytest.approx(run["checkpoints"][-1]["fid"], rel=1e-6)
 
     # Bad input: one message and exit code 2, nothing written.
     capsys.readouterr()
     for argv, message in ((["--tracking-uri", "sqlite:///" + str(tmp_path / "absent.db")], "no store at"),
                           (["--tracking-uri", tracking_uri, "--repeats", "1"], "--repeats must be at least 2"),
-                          (["--tracking-uri", tracking_uri, "--from-epoch", "4"], "leaves out the ground-truth best")):
+                          (["--tracking-uri", tracking_uri, "--from-epoch", "4"], "leaves out the ground-truth best"),
+                          (["--tracking-uri", tracking_uri, "--features", "inception"], "takes LABEL=SPEC"),
+                          (["--tracking-uri", tracking_uri, "--features", "vgg=random"], "was scored under 'vgg'")):
         with pytest.raises(SystemExit) as exit_info:
             ground_truth_noise.main([str(path), "--from-epoch", "1", *argv, "--out", str(tmp_path / "bad")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
