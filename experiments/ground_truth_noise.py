@@ -26,7 +26,8 @@ Usage::
 
 RESULT.json defaults to ``experiments/results/collapse_benchmark.json``; URI is the store the
 benchmark trained its runs into (its ``--tracking-uri``; checkpoints are read, never written).
-Writes ``<RESULT>-gt_noise.json`` and ``.md`` beside the default results and prints the table.
+Writes ``<RESULT>-gt_noise.json`` and ``.md`` under ``--out`` (default ``experiments/results/``) and
+prints the tables.
 """
 
 from __future__ import annotations
