@@ -80,9 +80,10 @@ def real_reference(images: torch.Tensor, digest: str, extractor: FeatureExtracto
 # Checkpoint side
 
 
-def generator_batches(generator: torch.nn.Module, num_samples: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """uint8 images from the fixed latents, batch by batch (never all images at once)."""
-    rng = torch.Generator().manual_seed(LATENT_SEED)
+def generator_batches(generator: torch.nn.Module, num_samples: int, device: torch.device, *,
+                      seed: int = LATENT_SEED) -> Iterator[torch.Tensor]:
+    """uint8 images from the fixed latents (``seed``: other latents), batch by batch (never all at once)."""
+    rng = torch.Generator().manual_seed(seed)
     latents = torch.randn(num_samples, generator.latent_dim, generator=rng)
     generator = generator.to(device).eval()
     with torch.inference_mode():

@@ -49,7 +49,7 @@ import ground_truth as gt  # noqa: E402  (benchmark-only module beside this scri
 
 from evaluation.features import get_extractor  # noqa: E402
 from evaluation.metrics import score  # noqa: E402
-from evaluation.ranking import GENERATION_BATCH, LATENT_SEED, real_reference, run_real_data  # noqa: E402
+from evaluation.ranking import GENERATION_BATCH, LATENT_SEED, generator_batches, real_reference, run_real_data  # noqa: E402
 from facegan.checkpoint import load_generator  # noqa: E402
 from facegan.errors import FaceganError  # noqa: E402
 
@@ -57,12 +57,8 @@ PICKS = ("facegan", "lowest_fid")
 
 
 def latent_draw(generator: torch.nn.Module, num_samples: int, seed: int) -> torch.Tensor:
-    """uint8 samples from ``num_samples`` latents drawn with ``seed`` (as facegan draws its own)."""
-    rng = torch.Generator().manual_seed(seed)
-    latents = torch.randn(num_samples, generator.latent_dim, generator=rng)
-    with torch.inference_mode():
-        batches = [generator(z) for z in latents.split(GENERATION_BATCH)]
-    return ((torch.cat(batches).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """uint8 samples from ``num_samples`` latents drawn with ``seed``, as ``facegan evaluate`` draws its own."""
+    return torch.cat(list(generator_batches(generator, num_samples, torch.device("cpu"), seed=seed)))
 
 
 def run_references(payload: dict, spaces: dict[str, object]) -> dict[str, object]:
