@@ -22,7 +22,7 @@ torchscript:enc.pt``. Train it once per dataset and keep the file: scores from d
 encoders are not comparable.
 
 Example:
-    >>> from facegan.data import synthetic_faces
+    >>> from facegan.synthetic import synthetic_faces
     >>> faces = synthetic_faces(64, 32, seed=0).images
     >>> encoder = train_encoder(faces, EncoderSettings(epochs=1, batch_size=32), progress=False)
     >>> encoder(torch.rand(2, 3, 32, 32)).shape

@@ -23,6 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 import facegan.data as data
+import facegan.folders as folders
+import facegan.synthetic as synthetic
 
 
 def best_rate(count: int, run, repeats: int) -> float:
@@ -40,7 +42,7 @@ def write_lfw_like(root: Path, identities: int, size: int) -> int:
     per_folder = [2 + person % 3 for person in range(identities)]
     # Faces are drawn at LFW's size at most and enlarged beyond: drawing 1000 px is slow.
     drawn = min(size, 250)
-    faces = data.synthetic_faces(sum(per_folder), image_size=drawn, seed=123).images
+    faces = synthetic.synthetic_faces(sum(per_folder), image_size=drawn, seed=123).images
     pictures = iter(faces.permute(0, 2, 3, 1).numpy())
     for person, count in enumerate(per_folder):
         folder = root / f"Person_{person:04d}"
@@ -56,7 +58,7 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    results = {"cpu_count": os.cpu_count(), "decode_threads": data._DECODE_THREADS}
+    results = {"cpu_count": os.cpu_count(), "decode_threads": folders._DECODE_THREADS}
     rows = []
 
     with tempfile.TemporaryDirectory() as temporary:
@@ -65,18 +67,18 @@ def main() -> None:
         kept = 2 * args.identities
 
         def prepare(folder: Path):
-            return lambda: data.prepare_folder(folder, progress=False)
+            return lambda: folders.prepare_folder(folder, progress=False)
 
         rate = best_rate(kept, prepare(root / "lfw"), args.repeats)
         results["prepare_images_per_s"] = round(rate, 1)
         rows.append((f"prepare 250px JPEG, {kept} of {files} files", rate, "images/s"))
 
         # One decoding thread: what the thread pool adds on this machine.
-        threads, data._DECODE_THREADS = data._DECODE_THREADS, 1
+        threads, folders._DECODE_THREADS = folders._DECODE_THREADS, 1
         try:
             rate = best_rate(kept, prepare(root / "lfw"), args.repeats)
         finally:
-            data._DECODE_THREADS = threads
+            folders._DECODE_THREADS = threads
         results["prepare_images_per_s_1_thread"] = round(rate, 1)
         rows.append(("  the same, one decoding thread", rate, "images/s"))
 
@@ -87,11 +89,11 @@ def main() -> None:
         rows.append((f"prepare 1000px JPEG, {large} files", rate, "images/s"))
 
         for size, count in ((80, 2000), (32, 2000), (128, 500)):
-            rate = best_rate(count, lambda: data.synthetic_faces(count, size, seed=1), args.repeats)
+            rate = best_rate(count, lambda: synthetic.synthetic_faces(count, size, seed=1), args.repeats)
             results[f"synthetic_images_per_s_{size}"] = round(rate, 1)
             rows.append((f"synthetic faces {size}x{size}", rate, "images/s"))
 
-        faces = data.synthetic_faces(2000, 80, seed=1)
+        faces = synthetic.synthetic_faces(2000, 80, seed=1)
         path = root / "faces.pt"
         seconds = 1 / best_rate(1, lambda: data.save_dataset(faces, path), args.repeats)
         results["save_2000x80_s"] = round(seconds, 3)

@@ -23,8 +23,8 @@ import torch
 
 from evaluation.features import get_extractor
 from evaluation.metrics import RealReference, calibrate_noise, score
-from evaluation.ranking import generator_batches
-from facegan.data import synthetic_faces
+from evaluation.engine import generator_batches
+from facegan.synthetic import synthetic_faces
 from facegan.models import Generator
 
 

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from facegan.config import load_config
-from facegan.data import synthetic_faces
-from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16, select_device
+from facegan.synthetic import synthetic_faces
+from facegan.common import select_device
+from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
 
 SEED_BATCH = 20
 N_CRITIC = 5

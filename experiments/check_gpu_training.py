@@ -20,9 +20,10 @@ import torch
 
 from facegan.checkpoint import load_checkpoint
 from facegan.config import load_config
-from facegan.data import synthetic_faces
+from facegan.synthetic import synthetic_faces
 from facegan.run_tracker import MemoryTracker
-from facegan.training import cpu_has_native_bf16, select_device, train
+from facegan.common import select_device
+from facegan.training import cpu_has_native_bf16, train
 
 
 def run(loss, bf16, epochs, faces, device, resume_at=None):

@@ -62,10 +62,11 @@ import ground_truth as gt  # noqa: E402  (benchmark-only module beside this scri
 from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
 from evaluation.metrics import RealReference, score  # noqa: E402
-from evaluation.ranking import evaluate_run, generator_batches  # noqa: E402
-from facegan.checkpoint import load_generator  # noqa: E402
+from evaluation.engine import generator_batches  # noqa: E402
+from facegan.common import to_uint8  # noqa: E402
+from facegan.evaluate import evaluate_run  # noqa: E402
 from facegan.config import load_config  # noqa: E402
-from facegan.data import synthetic_faces  # noqa: E402
+from facegan.synthetic import synthetic_faces  # noqa: E402
 from facegan.training import Trainer, train  # noqa: E402
 
 EXPERIMENT = "facegan-collapse-benchmark"
@@ -247,7 +248,7 @@ def truncation_ladder(generator: torch.nn.Module, num_samples: int) -> list[tupl
     with torch.inference_mode():
         for t in TRUNCATION_STEPS:
             images = generator.eval()((nearest + t * (latents - nearest)).to(device)).float().cpu()
-            sets.append((f"t={t}", ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)))
+            sets.append((f"t={t}", to_uint8(images)))
     return sets
 
 
@@ -336,16 +337,15 @@ class DesignedCollapse(Trainer):
 
 def checkpoint_truth(run_id: str, tracking_uri: str, classifier, num_samples: int, keep_epoch=None):
     """Ground truth of every checkpoint on facegan's own fixed latents; optionally keep one generator."""
-    from facegan.tracking import EvaluationTracker
+    from facegan.tracking import MlflowRunSource
 
-    tracker = EvaluationTracker(tracking_uri, run_id)
     truth, kept = {}, None
-    with tempfile.TemporaryDirectory() as tmp:
-        for ref in tracker.checkpoints():
-            generator, _ = load_generator(tracker.download(ref, Path(tmp) / ref.model_id))
+    with MlflowRunSource.open(tracking_uri, run_id) as source:
+        for checkpoint in source.checkpoints():
+            generator, _ = checkpoint.load()
             images = torch.cat(list(generator_batches(generator, num_samples, torch.device("cpu"))))
-            truth[ref.epoch] = classifier.count_modes(images).to_dict()
-            if keep_epoch is not None and ref.epoch == keep_epoch(truth):
+            truth[checkpoint.epoch] = classifier.count_modes(images).to_dict()
+            if keep_epoch is not None and checkpoint.epoch == keep_epoch(truth):
                 kept = generator
     return truth, kept
 

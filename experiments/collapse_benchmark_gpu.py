@@ -14,9 +14,9 @@ with facegan's default networks (DCGAN loss, widths 64, latent 128):
 
 It runs on a bare GPU machine: PyTorch, torchvision, scipy and tqdm, no MLflow. The runs keep
 their checkpoints in memory (``facegan.run_tracker.MemoryTracker``) and are scored with the
-functions ``facegan evaluate`` itself uses (``reference_and_noise``, ``score_generator`` and
-``decide`` from ``evaluation.ranking``), so the choice and the onset are exactly what
-``facegan evaluate --run`` would report for the same checkpoints. The ground-truth classifier
+evaluation engine ``facegan evaluate`` itself uses (``evaluation.engine``, fed the generators in
+memory), so the choice and the onset are exactly what ``facegan evaluate --run`` would report for
+the same checkpoints. The ground-truth classifier
 sees 32 x 32: samples are scaled down first, and its held-out accuracy is measured on 80 x 80
 renders scaled the same way.
 
@@ -51,7 +51,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -64,13 +64,14 @@ import ground_truth as gt  # noqa: E402
 from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
 from evaluation.metrics import RealReference  # noqa: E402
-from evaluation.ranking import (Evaluation, Scored, decide, generator_batches, reference_and_noise,  # noqa: E402
-                                score_generator, space_label)
+from evaluation.engine import RealImages, Scorer, evaluate, generator_batches  # noqa: E402
+from evaluation.ranking import Evaluation  # noqa: E402
+from evaluation.sources import GeneratorCheckpoint  # noqa: E402
 from facegan.checkpoint import load_generator  # noqa: E402
-from facegan.data import synthetic_faces  # noqa: E402
+from facegan.common import select_device  # noqa: E402
 from facegan.errors import FaceganError  # noqa: E402
 from facegan.run_tracker import MemoryTracker, checkpoint_name  # noqa: E402
-from facegan.training import select_device  # noqa: E402
+from facegan.synthetic import synthetic_faces  # noqa: E402
 
 IMAGE_SIZE = 80
 
@@ -145,15 +146,12 @@ def ground_truth_of(generators: dict[int, torch.nn.Module], classifier, num_samp
             for epoch, g in generators.items()}
 
 
-def evaluate_generators(run_id: str, generators: dict[int, torch.nn.Module], extractor, reference, noise,
-                        num_samples: int, device: torch.device) -> Evaluation:
-    """What ``facegan evaluate --run`` computes for these checkpoints, without a store."""
-    scored = [Scored(epoch, checkpoint_name(epoch),
-                     score_generator(g, extractor, reference, num_samples, device))
-              for epoch, g in sorted(generators.items())]
-    collapse, choice = decide(scored, noise)
-    return Evaluation(space_label(extractor), extractor.note, scored, collapse, choice, noise, num_samples, [],
-                      run_id=run_id)
+def evaluate_generators(run_id: str, generators: dict[int, torch.nn.Module], scorer: Scorer) -> Evaluation:
+    """What ``facegan evaluate --run`` computes for these checkpoints: the same engine, without a store."""
+    checkpoints = [GeneratorCheckpoint(epoch, g, label=checkpoint_name(epoch)) for epoch, g in sorted(generators.items())]
+    evaluation = evaluate(checkpoints, scorer, None, what=f"checkpoint of run {run_id}")
+    evaluation.run_id = run_id
+    return evaluation
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -225,8 +223,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         log(f"encoder trained in {encoder_info['seconds']} s")
     extractors = {"random": get_extractor("random", device=str(device)),
                   "encoder": get_extractor(f"torchscript:{args.encoder}", device=str(device))}
-    calibrated = {space: reference_and_noise(real, ex, scale.num_samples, progress=False)
-                  for space, ex in extractors.items()}
+    scorers = {space: Scorer(ex, RealImages(real.images, real.digest), scale.num_samples, device=device)
+               for space, ex in extractors.items()}
 
     ladders = {}
     references = {space: RealReference.from_features(ex.extract(faces.real)) for space, ex in extractors.items()}
@@ -267,10 +265,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         epochs = sorted(truth)
         log(f"{name}-seed{seed}: trained {seconds['train']} s; GT modes {[truth[e]['modes'] for e in epochs]}, "
             f"GT onset {cb.gt_onset(epochs, [truth[e]['modes'] for e in epochs])}")
-        for space, extractor in extractors.items():
+        for space in extractors:
             began = time.perf_counter()
-            evaluation = evaluate_generators(f"{name}-seed{seed}", generators, extractor, *calibrated[space],
-                                             scale.num_samples, device)
+            evaluation = evaluate_generators(f"{name}-seed{seed}", generators, scorers[space])
             summary = cb.summarise_run(f"{name}-seed{seed}", seed, spec, evaluation, truth)
             summary["features"] = space
             summary["seconds"] = {**seconds, "evaluate": round(time.perf_counter() - began, 1)}

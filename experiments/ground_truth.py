@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facegan.data import SYNTHETIC_ATTRIBUTES, render_faces
+from facegan.synthetic import SYNTHETIC_ATTRIBUTES, render_faces
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CLASSIFIER_DIR = RESULTS_DIR / "classifiers"

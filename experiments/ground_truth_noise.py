@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
 
+from evaluation.engine import LATENT_SEED, Scorer, generator_batches  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
-from evaluation.metrics import score  # noqa: E402
-from evaluation.ranking import GENERATION_BATCH, LATENT_SEED, generator_batches, real_reference, run_real_data  # noqa: E402
-from facegan.checkpoint import load_generator  # noqa: E402
+from evaluation.sources import ImagesCheckpoint  # noqa: E402
 from facegan.errors import FaceganError  # noqa: E402
+from facegan.evaluate import real_images, run_training_data  # noqa: E402
 
 PICKS = ("facegan", "lowest_fid")
 
@@ -61,23 +60,21 @@ def latent_draw(generator: torch.nn.Module, num_samples: int, seed: int) -> torc
     return torch.cat(list(generator_batches(generator, num_samples, torch.device("cpu"), seed=seed)))
 
 
-def run_references(payload: dict, spaces: dict[str, object]) -> dict[str, object]:
-    """The run's own training images as a reference in each space, as ``facegan evaluate`` compares."""
+def run_scorers(payload: dict, spaces: dict[str, object], num_scored: int) -> dict[str, Scorer]:
+    """The evaluation engine's scorer in each space against the run's own training images, as
+    ``facegan evaluate`` compares."""
     if not spaces:
         return {}
-    data = run_real_data(payload, None, progress=False)
-    return {label: real_reference(data.images, data.digest, extractor, progress=False)[0]
-            for label, extractor in spaces.items()}
+    real = real_images(run_training_data(payload, None, progress=False))
+    return {label: Scorer(extractor, real, num_scored) for label, extractor in spaces.items()}
 
 
-def score_draw(generator: torch.nn.Module, seed: int, num_samples: int, classifier, spaces: dict[str, object],
-               references: dict[str, object], num_scored: int) -> tuple[int, dict[str, float]]:
+def score_draw(generator: torch.nn.Module, epoch: int, seed: int, num_samples: int, classifier,
+               scorers: dict[str, Scorer]) -> tuple[int, dict[str, float]]:
     """One draw of latents: its ground-truth modes, and facegan's FID of its first ``num_scored``
-    images in each space (``{label: extractor}``)."""
+    images (each scorer's sample count) in each space."""
     images = latent_draw(generator, num_samples, seed)
-    fids = {label: score(extractor.extract(images[:num_scored].split(GENERATION_BATCH), progress=False),
-                         references[label])["fid"]
-            for label, extractor in spaces.items()}
+    fids = {label: scorer.score(ImagesCheckpoint(epoch, images))[0]["fid"] for label, scorer in scorers.items()}
     return classifier.count_modes(images).modes, fids
 
 
@@ -85,21 +82,20 @@ def resample_run(run_id: str, tracking_uri: str, classifier, num_samples: int, r
                  from_epoch: int, spaces: dict[str, object], num_scored: int) -> tuple[dict, dict]:
     """For the run's checkpoints from ``from_epoch`` on: ``{epoch: [modes on each further draw]}``
     and ``{label: {epoch: [FID on each draw]}}`` for ``spaces`` (``{label: extractor}``)."""
-    from facegan.tracking import EvaluationTracker
+    from facegan.tracking import MlflowRunSource
 
-    tracker = EvaluationTracker(tracking_uri, run_id)
-    counts, fids, references = {}, {label: {} for label in spaces}, None
-    with tempfile.TemporaryDirectory() as tmp:
-        for ref in tracker.checkpoints():
-            if ref.epoch < from_epoch:
+    counts, fids, scorers = {}, {label: {} for label in spaces}, None
+    with MlflowRunSource.open(tracking_uri, run_id) as source:
+        for checkpoint in source.checkpoints():
+            if checkpoint.epoch < from_epoch:
                 continue
-            generator, payload = load_generator(tracker.download(ref, Path(tmp) / ref.model_id))
-            references = references if references is not None else run_references(payload, spaces)
-            draws = [score_draw(generator.eval(), LATENT_SEED + r, num_samples, classifier, spaces, references,
-                                num_scored) for r in range(1, repeats + 1)]
-            counts[ref.epoch] = [modes for modes, _ in draws]
+            generator, payload = checkpoint.load()
+            scorers = scorers if scorers is not None else run_scorers(payload, spaces, num_scored)
+            draws = [score_draw(generator, checkpoint.epoch, LATENT_SEED + r, num_samples, classifier, scorers)
+                     for r in range(1, repeats + 1)]
+            counts[checkpoint.epoch] = [modes for modes, _ in draws]
             for label in spaces:
-                fids[label][ref.epoch] = [draw_fids[label] for _, draw_fids in draws]
+                fids[label][checkpoint.epoch] = [draw_fids[label] for _, draw_fids in draws]
     return counts, fids
 
 

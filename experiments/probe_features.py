@@ -34,7 +34,7 @@ import ground_truth as gt  # noqa: E402  (benchmark-only module beside this scri
 
 from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
-from facegan.data import synthetic_faces  # noqa: E402
+from facegan.synthetic import synthetic_faces  # noqa: E402
 
 NUM_REAL, NUM_HELD_OUT = 2000, 1000
 

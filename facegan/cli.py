@@ -63,14 +63,16 @@ def prepare(source, out, size, per_identity, limit, crop, seed, quiet):
     png, bmp, webp) or the word `synthetic` for the built-in procedural faces. Unreadable files
     are skipped and listed in the file's manifest.
     """
-    from facegan import data
+    from facegan.data import save_dataset
+    from facegan.folders import prepare_folder
+    from facegan.synthetic import synthetic_faces
 
     if source == "synthetic":
-        dataset = data.synthetic_faces(limit, size, seed)
+        dataset = synthetic_faces(limit, size, seed)
     else:
-        dataset = data.prepare_folder(source, image_size=size, per_identity=per_identity, limit=limit,
+        dataset = prepare_folder(source, image_size=size, per_identity=per_identity, limit=limit,
                                       crop=crop, seed=seed, progress=not quiet)
-    data.save_dataset(dataset, out)
+    save_dataset(dataset, out)
     skipped = len(dataset.manifest.get("skipped_files", []))
     click.echo(f"wrote {out}: {dataset.images.shape[0]} images of {size}x{size}"
                + (f", {skipped} unreadable files skipped" if skipped else "")
@@ -95,9 +97,17 @@ _TRAIN_OPTIONS = {
     "experiment": "tracking.experiment",
     "tracking_uri": "tracking.tracking_uri",
     "run_name": "tracking.run_name",
+    "evaluate": "evaluate.features",
+    "stop_on_collapse": "evaluate.stop_on_collapse",
+    "stop_patience": "evaluate.stop_patience",
 }
-# What may change when a run is resumed; the rest must stay as the run was started.
-_RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri"}
+# What may change when a run is resumed; the rest must stay as the run was started. How its
+# checkpoints are judged may change: a user who disagrees with a stop continues without it.
+_RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri", "evaluate.features", "evaluate.num_samples",
+              "evaluate.inception_weights", "evaluate.stop_on_collapse", "evaluate.stop_patience",
+              "evaluate.register"}
+_FEATURES_HELP = ("inception (standard FID; downloads weights once), random (offline, ranks within a study "
+                  "only) or torchscript:PATH (your own network, or one from `facegan encoder`)")
 
 
 @main.command()
@@ -116,6 +126,14 @@ _RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri"}
 @click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
 @click.option("--run-name", help="MLflow run name.")
 @click.option("--resume", "resume_run_id", metavar="RUN_ID", help="Continue this run from its last resume state.")
+@click.option("--evaluate", metavar="FEATURES",
+              help="Score every checkpoint as it is written, as `facegan evaluate --features` would: "
+                   + _FEATURES_HELP + "; none to skip  [default: none]")
+@click.option("--stop-on-collapse", is_flag=True, default=None,
+              help="With --evaluate: stop once the collapse rule confirms an onset (the checkpoint after it).")
+@click.option("--stop-patience", type=click.IntRange(min=1), metavar="K",
+              help="With --evaluate: stop after K checkpoints in a row without a new best (the published "
+                   "patience rule; 3 to 5 is usual).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config value, e.g. --set train.lr_g=2e-4 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -128,10 +146,20 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     checkpoint every --checkpoint-every epochs and at the end, and a resume state every 10
     epochs. Ctrl-C saves a resume state; continue with --resume RUN_ID. The last line printed
     is `run_id: <id>`.
+
+    With --evaluate, every checkpoint is scored right after it is written (on the training
+    device, logged exactly as `facegan evaluate` logs it), the run's tags follow the best epoch
+    and any collapse onset, the progress bar shows the latest FID and diversity, and at the end
+    the best checkpoint is registered as models:/facegan-generator@best. --stop-on-collapse
+    and --stop-patience stop early (resume state saved, run FINISHED and tagged
+    facegan.stopped); `facegan train --resume RUN_ID` continues a stopped run without stopping
+    again for the same onset. Config keys: [evaluate] features, num_samples, stop_on_collapse,
+    stop_patience, inception_weights, register.
     """
     from facegan import tracking
     from facegan.config import Config, load_config, parse_override, resolve
     from facegan.data import load_data
+    from facegan.evaluate import training_judge, training_scorer
     from facegan.training import fetch_resume_payload, train as run_training
 
     settings = dict(parse_override(text) for text in overrides)
@@ -157,19 +185,32 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
 
     dataset = load_data(cfg.data.source, num_images=cfg.data.num_images, image_size=cfg.model.image_size,
                         seed=cfg.data.seed, progress=not quiet)
+    # Before the run exists: a bad --evaluate value or missing weights fail before any training.
+    scorer = training_scorer(cfg, dataset, progress=not quiet)
     if payload is None:
         tracker = tracking.MlflowRunTracker.start(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
     click.echo(f"run {tracker.run_id} in experiment {cfg.tracking.experiment!r} at {uri}: "
                f"{cfg.train.loss}, {dataset.images.shape[0]} images of {cfg.model.image_size}px, "
-               f"{cfg.train.epochs} epochs", err=True)
-    try:
-        run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the last completed epoch is saved; continue with: "
-                   f"facegan train --resume {tracker.run_id}", err=True)
-        click.echo(f"run_id: {tracker.run_id}")
-        sys.exit(130)
+               f"{cfg.train.epochs} epochs"
+               + (f"; scoring every checkpoint ({scorer.space} features)" if scorer is not None else ""), err=True)
+    with tracking.MlflowRunSource(tracker.client, tracker.run_id) as source:
+        judge = None if scorer is None else training_judge(cfg, scorer, source, progress=not quiet)
+        try:
+            trainer = run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet, judge=judge)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: the last completed epoch is saved; continue with: "
+                       f"facegan train --resume {tracker.run_id}", err=True)
+            click.echo(f"run_id: {tracker.run_id}")
+            sys.exit(130)
+    if judge is not None and judge.evaluation is not None:
+        result = judge.evaluation
+        click.echo(f"best checkpoint: epoch {result.best_epoch} ({result.choice.reason})", err=True)
+        if result.registered:
+            click.echo(f"registered: {result.registered}", err=True)
+    if trainer.stopped is not None:
+        click.echo(f"stopped early at epoch {trainer.epoch} of {cfg.train.epochs}: {trainer.stopped[1]}; "
+                   f"to train on anyway: facegan train --resume {tracker.run_id}", err=True)
     if uri.startswith("sqlite:"):
         click.echo(f"browse: mlflow ui --backend-store-uri {uri}  (then open \"Model training\")", err=True)
     click.echo(f"run_id: {tracker.run_id}")
@@ -184,14 +225,13 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
 @click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the seed's layout).")
 @click.option("--real", type=click.Path(), help="Real images: a dataset file or an image folder. Required with --samples; "
               "with --run it replaces the run's own training data.")
-@click.option("--features", default="inception", show_default=True,
-              help="Feature space: inception (standard FID; downloads weights once), random (offline, "
-                   "ranks within a study only) or torchscript:PATH (your own network, or one from "
-                   "`facegan encoder`).")
+@click.option("--features", default="inception", show_default=True, help="Feature space: " + _FEATURES_HELP + ".")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="Local pt_inception-2015-12-05 weights file for offline machines [env: FACEGAN_INCEPTION_WEIGHTS].")
-@click.option("--num-samples", type=int, default=2000, show_default=True,
-              help="Samples per checkpoint (--run), drawn from the same fixed latents; at most this many per folder (--samples).")
+@click.option("--num-samples", type=int,
+              help="Samples per checkpoint (--run), drawn from the same fixed latents; at most this many per folder "
+                   "(--samples)  [default: --run: the count the run was already scored with in this feature space "
+                   "(e.g. by `train --evaluate`), else 2000; --samples: 2000]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @click.option("--register", default="facegan-generator", show_default=True,
               help="Registered model name for the chosen generator (alias `best`); `none` to skip.")
@@ -218,19 +258,20 @@ def evaluate(run, samples, real, features, inception_weights, num_samples, json_
     and a plot are logged, and the choice is registered as models:/facegan-generator@best.
     A second call scores only checkpoints not yet scored in the same feature space.
     """
-    from evaluation import ranking
+    from evaluation.ranking import write_json
+    from facegan import evaluate as evaluating
 
     if bool(run) == bool(samples):
         raise FaceganError("give either --run RUN_ID|latest or --samples DIR (with --real)")
-    if num_samples < 10:
+    if num_samples is not None and num_samples < 10:
         raise FaceganError(f"--num-samples must be at least 10, got {num_samples}")
     if samples:
         if not real:
             raise FaceganError("--samples needs --real FILE|FOLDER: the real images to compare with")
-        result = ranking.evaluate_folders(samples, real, features=features, inception_weights=inception_weights,
-                                          num_samples=num_samples, device=device, progress=not quiet)
+        result = evaluating.evaluate_folders(samples, real, features=features, inception_weights=inception_weights,
+                                             num_samples=num_samples, device=device, progress=not quiet)
     else:
-        result = ranking.evaluate_run(
+        result = evaluating.evaluate_run(
             run, features=features, inception_weights=inception_weights, num_samples=num_samples, real=real,
             tracking_uri=tracking_uri, force=force, register=None if register.lower() == "none" else register,
             device=device, progress=not quiet,
@@ -239,7 +280,7 @@ def evaluate(run, samples, real, features, inception_weights, num_samples, json_
     if result.registered:
         click.echo(f"registered: {result.registered} (epoch {result.best_epoch} of run {result.run_id})")
     if json_path:
-        ranking.write_json(result, json_path)
+        write_json(result, json_path)
         click.echo(f"wrote {json_path}")
 
 

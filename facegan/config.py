@@ -88,11 +88,28 @@ class TrackingConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Scoring checkpoints while training runs (``facegan train --evaluate``); off by default."""
+
+    features: str = "none"  # none, or a feature space as `facegan evaluate --features` takes it
+    num_samples: int = 2000  # samples per checkpoint, drawn from evaluate's fixed latents
+    inception_weights: str | None = None  # local Inception weights for features = "inception" offline
+    stop_on_collapse: bool = False  # stop once the collapse rule confirms an onset
+    stop_patience: int | None = None  # stop after this many checkpoints in a row without a new best
+    register: str | None = "facegan-generator"  # registered name for the final choice; none: skip
+
+    @property
+    def enabled(self) -> bool:
+        return self.features != "none"
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_flat_dict(self) -> dict[str, object]:
         """``{"train.loss": "wgan-gp", ...}``: the form logged as MLflow params."""
@@ -214,7 +231,7 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
 
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the dependent defaults in place; returns ``cfg``."""
-    t, m, d, k = cfg.train, cfg.model, cfg.data, cfg.tracking
+    t, m, d, k, e = cfg.train, cfg.model, cfg.data, cfg.tracking, cfg.evaluate
     _choice("train.loss", t.loss, LOSSES)
     _choice("train.schedule", t.schedule, SCHEDULES)
     _choice("train.device", t.device, DEVICES)
@@ -244,4 +261,16 @@ def resolve(cfg: Config) -> Config:
     if not k.experiment:
         raise FaceganError("tracking.experiment may not be empty")
     m.network()  # validates image size, widths and norms
+    # The feature space itself is checked when it is built, before any training (facegan.evaluate).
+    if not e.features:
+        raise FaceganError("evaluate.features may not be empty; use none to train without scoring")
+    if e.num_samples < 10:
+        raise FaceganError(f"evaluate.num_samples must be at least 10, got {e.num_samples}")
+    if e.stop_patience is not None:
+        _positive("evaluate.stop_patience", e.stop_patience)
+    if (e.stop_on_collapse or e.stop_patience is not None) and not e.enabled:
+        raise FaceganError("stopping early needs the checkpoints scored: give --evaluate FEATURES "
+                           "(e.g. --evaluate random) with --stop-on-collapse or --stop-patience")
+    if e.register is not None and e.register.lower() == "none":
+        e.register = None
     return cfg

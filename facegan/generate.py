@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from facegan.checkpoint import GENERATOR_FILE, load_generator
+from facegan.common import to_uint8
 from facegan.errors import FaceganError
 from facegan.models import Generator
 
@@ -137,7 +138,7 @@ def sample_latents(n: int, latent_dim: int, *, seed: int, truncation: float | No
 def render(generator: Generator, z: torch.Tensor) -> np.ndarray:
     """Images for latents ``z`` (N x latent_dim) as uint8 N x H x W x 3, in one forward pass."""
     images = generator(z.float())
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8(images).permute(0, 2, 3, 1).numpy()
 
 
 def prepare_out_dir(out: str | Path, *, force: bool = False) -> Path:
@@ -173,7 +174,7 @@ def generate(model: LoadedModel, n: int, out: str | Path, *, seed: int, truncati
     Writes ``000000.png``, ``000001.png``, ... and ``grid.png`` with the first 256 faces. Faces
     are rendered and written in batches, so memory does not grow with ``n``.
     """
-    from facegan.training import images_to_grid
+    from facegan.common import images_to_grid
 
     if n < 1:
         raise FaceganError(f"-n must be at least 1, got {n}")

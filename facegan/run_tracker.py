@@ -14,6 +14,12 @@ from typing import Protocol
 import numpy as np
 
 
+# Run tags a training run that stopped early carries (``facegan train --stop-on-collapse``).
+STOPPED_TAG = "facegan.stopped"  # "collapse", "patience", or "no" when it trained all epochs
+STOPPED_EPOCH_TAG = "facegan.stopped_epoch"
+STOP_REASON_TAG = "facegan.stop_reason"
+
+
 def checkpoint_name(epoch: int) -> str:
     """A generator checkpoint's name, in any store: ``generator-epoch-0100``."""
     return f"generator-epoch-{epoch:04d}"
@@ -25,10 +31,11 @@ class RunTracker(Protocol):
     run_id: str
 
     def log_params(self, params: dict[str, object]) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_dataset(self, info: dict) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
-    def log_checkpoint(self, path: Path, epoch: int) -> str: ...
+    def log_checkpoint(self, path: Path, epoch: int) -> str | None: ...  # the model id, None if kept locally
     def checkpoint_epochs(self) -> set[int]: ...
     def logged_metric_steps(self, key: str) -> set[int]: ...
     def logged_image_steps(self, key: str) -> set[int]: ...
@@ -44,6 +51,7 @@ class MemoryTracker:
     def __init__(self, run_id: str = "memory"):
         self.run_id = run_id
         self.params: dict[str, object] = {}
+        self.tags: dict[str, str] = {}
         self.datasets: list[dict] = []
         self.metrics: dict[str, dict[int, float]] = {}
         self.images: dict[str, dict[int, np.ndarray]] = {}
@@ -53,6 +61,9 @@ class MemoryTracker:
 
     def log_params(self, params):
         self.params.update(params)
+
+    def set_tags(self, tags):
+        self.tags.update({k: str(v) for k, v in tags.items()})
 
     def log_dataset(self, info):
         self.datasets.append(dict(info))

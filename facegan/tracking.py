@@ -33,13 +33,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facegan.checkpoint import GENERATOR_FILE
+from facegan.checkpoint import GENERATOR_FILE, load_generator
 from facegan.errors import FaceganError
 from facegan.run_tracker import checkpoint_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_TYPE = "facegan-generator"
 RESUME_ARTIFACT = "resume/state.pt"
+NUM_SAMPLES_TAG = "facegan.num_samples"  # + ".<space>": samples per checkpoint its scores came from
+LEGACY_NUM_SAMPLES = 2000  # what runs scored before that tag existed were scored with
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +136,9 @@ class MlflowRunTracker:
             self.run_id, params=[mlflow.entities.Param(k, "none" if v is None else str(v)) for k, v in params.items()]
         )
 
+    def set_tags(self, tags):
+        self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_dataset(self, info):
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
@@ -179,7 +184,8 @@ class MlflowRunTracker:
             return self._log_checkpoint(path, epoch)
         except Exception as exc:
             self._warn_once("a checkpoint", exc)
-            return str(self._keep_locally(Path(path), f"{checkpoint_name(epoch)}.pt"))
+            self._keep_locally(Path(path), f"{checkpoint_name(epoch)}.pt")
+            return None  # no LoggedModel: its scores, if any, are logged unlinked
 
     def _log_checkpoint(self, path, epoch):
         model = self.client.create_logged_model(
@@ -324,62 +330,151 @@ def resolve_model(spec: str, tracking_uri: str | None, dest_dir: str | Path) -> 
     return local / GENERATOR_FILE if local.is_dir() else local
 
 
-class EvaluationTracker:
-    """What ``facegan evaluate --run`` reads from and writes to a training run.
+class RunCheckpoint:
+    """One generator checkpoint of a run, as the evaluation engine sees it (:class:`evaluation.engine.Checkpoint`).
 
-    Scores are logged per checkpoint as run metrics ``<space>/<name>`` (e.g. ``random/fid``) at
-    ``step=epoch`` and linked to the checkpoint's LoggedModel, so the run's charts show them
-    against epoch beside the losses and the Models tab lists them per checkpoint.
+    The file is downloaded once, on first use, into the source's scratch folder.
     """
 
-    def __init__(self, tracking_uri: str | None, run: str):
-        self.client = connect(tracking_uri)
-        self.run_id = latest_run_id(self.client) if run == "latest" else run
-        self.run = get_run(self.client, self.run_id)
+    def __init__(self, source: "MlflowRunSource", ref: CheckpointRef):
+        self.source, self.epoch, self.model_id, self.label = source, ref.epoch, ref.model_id, ref.name
+        self._path: Path | None = None
 
-    def checkpoints(self) -> list[CheckpointRef]:
-        return run_checkpoints(self.client, self.run_id)
+    def __repr__(self):
+        return f"RunCheckpoint(epoch={self.epoch}, model_id={self.model_id!r})"
 
-    def download(self, ref: CheckpointRef, dest_dir: Path) -> Path:
-        return resolve_model(f"models:/{ref.model_id}", mlflow.get_tracking_uri(), dest_dir)
+    def load(self) -> tuple[object, dict]:
+        """The generator (CPU, eval mode) and the checkpoint's payload (config, dataset, network)."""
+        if self._path is None:
+            self._path = resolve_model(f"models:/{self.model_id}", self.source.tracking_uri,
+                                       self.source.scratch / self.model_id)
+        return load_generator(self._path)
 
-    def logged_scores(self, ref: CheckpointRef, space: str) -> dict[str, float] | None:
-        """Scores already logged for this checkpoint in this feature space, or None."""
+    def samples(self, num_samples, device):
+        from evaluation.engine import generator_batches
+
+        generator, _ = self.load()
+        return generator_batches(generator, num_samples, device)
+
+
+class MlflowRunSource:
+    """A training run as a source of checkpoints for the evaluation engine, and where its scores go.
+
+    What ``facegan evaluate --run`` reads from and writes to a run, and what training writes when
+    it scores its own checkpoints (``facegan train --evaluate``), so both log the same way: scores
+    per checkpoint as run metrics ``<space>/<name>`` (e.g. ``random/fid``) at ``step=epoch``,
+    linked to the checkpoint's LoggedModel, so the run's charts show them against epoch beside
+    the losses and the Models tab lists them per checkpoint; the sample count per feature space
+    as the run tag ``facegan.num_samples.<space>``; the decision as run tags; at the end a table,
+    a plot and a summary, and the registered choice.
+
+    Use it as a context manager: downloaded checkpoints live in a scratch folder until it closes.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.run = get_run(client, run_id)
+        self.tracking_uri = mlflow.get_tracking_uri()
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._tags = dict(self.run.data.tags)
+
+    @classmethod
+    def open(cls, tracking_uri: str | None, run: str) -> "MlflowRunSource":
+        """``run`` is a run id or ``latest`` (the newest training run of the store)."""
+        client = connect(tracking_uri)
+        return cls(client, latest_run_id(client) if run == "latest" else run)
+
+    def __enter__(self) -> "MlflowRunSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    @property
+    def scratch(self) -> Path:
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="facegan-evaluate-")
+        return Path(self._scratch.name)
+
+    @property
+    def description(self) -> str:
+        return f"run {self.run_id}"
+
+    def checkpoints(self) -> list[RunCheckpoint]:
+        return [RunCheckpoint(self, ref) for ref in run_checkpoints(self.client, self.run_id)]
+
+    def tag(self, key: str) -> str | None:
+        return self._tags.get(key)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        changed = {k: str(v) for k, v in tags.items() if self._tags.get(k) != str(v)}
+        if changed:
+            self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in changed.items()])
+            self._tags.update(changed)
+
+    # -- scores ------------------------------------------------------------------------------
+
+    def scored_num_samples(self, space: str) -> int | None:
+        """The sample count the run's checkpoints were scored with in ``space``, if any were."""
+        value = self.tag(f"{NUM_SAMPLES_TAG}.{space}")
+        if value is not None:
+            return int(value)
+        # Runs scored before the tag existed were all scored at the then only default.
+        return LEGACY_NUM_SAMPLES if f"{space}/fid" in self.run.data.metrics else None
+
+    def logged_scores(self, checkpoint, space: str, num_samples: int) -> dict[str, float] | None:
+        """Scores already logged for this checkpoint in this feature space at this sample count, or None."""
+        if self.scored_num_samples(space) != num_samples:
+            return None
         prefix = f"{space}/"
-        metrics = self.client.get_logged_model(ref.model_id).metrics or []
+        metrics = self.client.get_logged_model(checkpoint.model_id).metrics or []
         scores = {m.key[len(prefix):]: m.value for m in sorted(metrics, key=lambda m: m.timestamp)
                   if m.key.startswith(prefix)}
         return scores or None
 
-    def log_scores(self, ref: CheckpointRef, space: str, scores: dict[str, float]) -> None:
+    def log_scores(self, checkpoint, space: str, num_samples: int, scores: dict[str, float]) -> None:
+        # Scores at another count stay in the metric history; the tag says which count the latest are.
+        self.set_tags({f"{NUM_SAMPLES_TAG}.{space}": str(num_samples)})
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{space}/{k}", float(v), now, ref.epoch, model_id=ref.model_id, run_id=self.run_id)
-                   for k, v in scores.items()]
+        metrics = [Metric(f"{space}/{k}", float(v), now, checkpoint.epoch, model_id=checkpoint.model_id,
+                          run_id=self.run_id) for k, v in scores.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def record(self, space: str, *, table: dict[str, list], figure, best: CheckpointRef,
-               collapse_epoch: int | None, register_name: str | None, summary: dict) -> str | None:
-        """Tag the run, log the ranking table and plot, register the chosen generator.
+    # -- the decision ------------------------------------------------------------------------
+
+    def record_progress(self, evaluation) -> None:
+        """Tag the run with the decision so far: the chosen and the onset epochs, and the space."""
+        best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.best_epoch)
+        onset = evaluation.collapse.onset_epoch
+        self.set_tags({
+            "facegan.best_epoch": str(best.epoch),
+            "facegan.collapse_epoch": "none" if onset is None else str(onset),
+            "facegan.best_model_id": str(best.model_id),
+            "facegan.evaluation_features": evaluation.features,
+        })
+
+    def record(self, evaluation, figure, register_name: str | None) -> str | None:
+        """Tag the run, log the ranking table, the plot and the summary, register the chosen generator.
 
         Returns the registered model URI (``models:/NAME@best``), or None when not registering.
         """
-        tags = {
-            "facegan.best_epoch": str(best.epoch),
-            "facegan.collapse_epoch": "none" if collapse_epoch is None else str(collapse_epoch),
-            "facegan.best_model_id": best.model_id,
-            "facegan.evaluation_features": space,
-        }
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
-        self.client.log_table(self.run_id, data=table, artifact_file=f"evaluation/{space}_ranking.json")
+        self.record_progress(evaluation)
+        space = evaluation.features
+        self.client.log_table(self.run_id, data=evaluation.table_columns(), artifact_file=f"evaluation/{space}_ranking.json")
         self.client.log_figure(self.run_id, figure, f"evaluation/{space}_scores.png")
-        self.client.log_dict(self.run_id, summary, f"evaluation/{space}_summary.json")
         if not register_name:
+            self.client.log_dict(self.run_id, evaluation.to_json(), f"evaluation/{space}_summary.json")
             return None
-        return register_generator(self.client, best, register_name, self.run_id)
+        best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.best_epoch)
+        registered = register_generator(self.client, best, register_name, self.run_id)
+        evaluation.registered = registered
+        self.client.log_dict(self.run_id, evaluation.to_json(), f"evaluation/{space}_summary.json")
+        return registered
 
 
-def register_generator(client: MlflowClient, ref: CheckpointRef, name: str, run_id: str) -> str:
+def register_generator(client: MlflowClient, ref, name: str, run_id: str) -> str:
     """Register a checkpoint's LoggedModel under ``name`` and point the alias ``best`` at it."""
     source = f"models:/{ref.model_id}"
     try:

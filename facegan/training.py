@@ -22,33 +22,26 @@ from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from facegan.checkpoint import GENERATOR_FILE, load_checkpoint, save_checkpoint
+from facegan.checkpoint import GENERATOR_FILE, generator_from_checkpoint, load_checkpoint, save_checkpoint
+from facegan.common import images_to_grid, select_device
 from facegan.config import Config, TrainConfig
-from facegan.data import Dataset
+from facegan.dataset import Dataset
 from facegan.errors import FaceganError
 from facegan.losses import Objective, make_objective
 from facegan.models import build_discriminator, build_generator
+from facegan.run_tracker import STOP_REASON_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG, checkpoint_name
 
 if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays out of its imports
     from facegan.run_tracker import RunTracker
 
 SAMPLE_KEY = "samples"
 MIN_GRID_SIDE = 512  # pixels
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FaceganError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -61,15 +54,6 @@ def make_optimizer(params, cfg: TrainConfig, lr: float, device: torch.device) ->
 def fixed_latents(num: int, latent_dim: int, seed: int) -> torch.Tensor:
     """The latents of the sample grid: the same on every device and in every resumed run."""
     return torch.randn(num, latent_dim, generator=torch.Generator().manual_seed(seed + 1_000_003))
-
-
-def images_to_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
-    """Images in [-1, 1] (N x 3 x H x W) to one H x W x 3 uint8 grid."""
-    from torchvision.utils import make_grid
-
-    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def _state_copy(module_or_opt) -> dict:
@@ -339,11 +323,36 @@ class _StopRequest:
         return False
 
 
+class CheckpointHook(Protocol):
+    """What the loop hands every generator checkpoint to, right after writing it.
+
+    ``facegan train --evaluate`` passes :class:`evaluation.online.TrainingJudge`; the loop knows
+    nothing else of scoring.
+    """
+
+    def checkpoint_written(self, epoch: int, generator: nn.Module, *, label: str, model_id: str | None,
+                           interrupt: Callable[[], None]) -> tuple[str, str] | None:
+        """Judge the checkpoint; ``(kind, reason)`` to stop training after it, else None.
+
+        ``interrupt`` raises KeyboardInterrupt once Ctrl-C was pressed: call it between pieces of
+        work so that a long scoring stops as promptly as a minibatch does.
+        """
+
+    def status(self) -> dict[str, str]:
+        """Short figures for the progress bar (latest FID, diversity, best epoch)."""
+
+    def finish(self) -> str | None:
+        """Training ended (all epochs, or stopped early): record the result; returns what was registered."""
+
+
 class Trainer:
     """Runs (or resumes) one training run and logs it through a tracker."""
 
-    def __init__(self, cfg: Config, dataset: Dataset, tracker: RunTracker, *, progress: bool = True):
+    def __init__(self, cfg: Config, dataset: Dataset, tracker: RunTracker, *, progress: bool = True,
+                 judge: CheckpointHook | None = None):
         self.cfg, self.dataset, self.tracker, self.progress = cfg, dataset, tracker, progress
+        self.judge = judge
+        self.stopped: tuple[str, str] | None = None  # (kind, reason) when the judge stopped training
         self.device = select_device(cfg.train.device)
         if dataset.images.shape[-1] != cfg.model.image_size:
             raise FaceganError(
@@ -445,15 +454,24 @@ class Trainer:
             grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
         self.tracker.log_image(SAMPLE_KEY, grid, epoch)
 
-    def _log_checkpoint(self, epoch: int) -> None:
+    def _log_checkpoint(self, epoch: int) -> tuple[str | None, dict] | None:
+        """Write the generator checkpoint; ``(model id, payload)``, or None when it was logged before."""
         if epoch in self.logged_checkpoints:
-            return
+            return None
         # CPU tensors: a checkpoint is a file people move between machines.
         weights = {name: t.detach().cpu() for name, t in self.gan.generator.state_dict().items()}
         payload = {**self._common(), "kind": "generator", "generator": weights}
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(payload, Path(tmp) / GENERATOR_FILE)
-            self.tracker.log_checkpoint(path, epoch)
+            return self.tracker.log_checkpoint(path, epoch), payload
+
+    def _judge(self, epoch: int, written: tuple[str | None, dict], stop: _StopRequest) -> None:
+        model_id, payload = written
+        # Rebuilt from the checkpoint's own weights, as `facegan evaluate` would load the file: the
+        # same scores, and the training networks are left untouched.
+        generator = generator_from_checkpoint(payload).to(self.device)
+        self.stopped = self.judge.checkpoint_written(epoch, generator, label=checkpoint_name(epoch),
+                                                     model_id=model_id, interrupt=stop.check)
 
     def _save_resume(self, payload: dict) -> None:
         with _no_interrupts(), tempfile.TemporaryDirectory() as tmp:
@@ -510,17 +528,25 @@ class Trainer:
                 self.tracker.log_metrics(metrics, epoch)
             if epoch % track.sample_every == 0 or last:
                 self._log_samples(epoch)
-            if epoch % track.checkpoint_every == 0 or last:
-                self._log_checkpoint(epoch)
+            written = self._log_checkpoint(epoch) if epoch % track.checkpoint_every == 0 or last else None
             self.snapshot = self.resume_payload()
-            if epoch % track.resume_every == 0 or last:
+            saved = epoch % track.resume_every == 0 or last
+            if saved:
                 self._save_resume(self.snapshot)
             bar.update(1)
-            bar.set_postfix(
-                loss_d=f"{metrics.get('loss_d', float('nan')):.3f}",
-                loss_g=f"{metrics.get('loss_g', float('nan')):.3f}",
-                img_s=f"{metrics['images_per_s']:.0f}",
-            )
+            if written is not None and self.judge is not None:
+                self._judge(epoch, written, stop)
+            bar.set_postfix({  # in this order: tqdm sorts keyword arguments
+                "loss_d": f"{metrics.get('loss_d', float('nan')):.3f}",
+                "loss_g": f"{metrics.get('loss_g', float('nan')):.3f}",
+                "img_s": f"{metrics['images_per_s']:.0f}",
+                **(self.judge.status() if self.judge is not None else {}),
+            })
+            if self.stopped is not None:
+                if not saved:  # a stopped run can be continued with --resume
+                    self._save_resume(self.snapshot)
+                bar.write(f"stopping at epoch {epoch}: {self.stopped[1]}", file=sys.stderr)
+                return
             stop.check()
 
 
@@ -541,13 +567,16 @@ def train(
     resume_payload: dict | None = None,
     progress: bool = True,
     trainer_class: Callable[..., Trainer] | None = None,
+    judge: CheckpointHook | None = None,
 ) -> Trainer:
     """Train one run, or continue it from ``resume_payload``; marks it FINISHED, KILLED or FAILED.
 
     ``trainer_class`` (default :class:`Trainer`) lets experiments change the loop, e.g. the
-    collapse benchmark's designed collapse, with the same logging and run lifecycle.
+    collapse benchmark's designed collapse, with the same logging and run lifecycle. ``judge``
+    scores every checkpoint as it is written and may stop training early: the run is then
+    FINISHED, with run tags saying why and at which epoch, and resumable with ``--resume``.
     """
-    trainer = (trainer_class or Trainer)(cfg, dataset, tracker, progress=progress)
+    trainer = (trainer_class or Trainer)(cfg, dataset, tracker, progress=progress, judge=judge)
     if resume_payload is not None:
         trainer.restore(resume_payload)
         if trainer.epoch >= cfg.train.epochs:
@@ -568,5 +597,16 @@ def train(
     except BaseException:
         tracker.finish("FAILED")
         raise
+    if trainer.stopped is not None:
+        kind, reason = trainer.stopped
+        tracker.set_tags({STOPPED_TAG: kind, STOPPED_EPOCH_TAG: str(trainer.epoch), STOP_REASON_TAG: reason})
+    elif judge is not None:
+        tracker.set_tags({STOPPED_TAG: "no"})
+    if judge is not None:
+        try:
+            judge.finish()
+        except Exception as exc:  # the training itself is done and saved: say so, do not fail it
+            print(f"warning: could not record the evaluation of run {tracker.run_id} ({exc}); "
+                  f"run `facegan evaluate --run {tracker.run_id}` to record it", file=sys.stderr)
     tracker.finish("FINISHED")
     return trainer

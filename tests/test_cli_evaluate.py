@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import TINY_TRAIN, assert_clean_error, run_id_of
-from facegan.data import SYNTHETIC_ATTRIBUTES, render_faces, synthetic_faces
+from facegan.synthetic import SYNTHETIC_ATTRIBUTES, render_faces, synthetic_faces
 
 pytestmark = pytest.mark.slow
 

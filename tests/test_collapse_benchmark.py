@@ -126,9 +126,8 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
     import ground_truth as gt
     import ground_truth_noise
 
-    from evaluation.ranking import LATENT_SEED
-    from facegan.checkpoint import load_generator
-    from facegan.tracking import EvaluationTracker
+    from evaluation.engine import LATENT_SEED
+    from facegan.tracking import MlflowRunSource
 
     stored = json.loads(path.read_text())
     run = stored["histories"]["runs"][0]
@@ -153,19 +152,18 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
     # Drawn with facegan's own latent seed, the resampler reproduces the benchmark's stored counts,
     # which came through evaluate's generator_batches: the same latents, classified the same way.
     classifier = gt.FaceClassifier.load_or_train()
-    tracker = EvaluationTracker(tracking_uri, run["run_id"])
-    ref = tracker.checkpoints()[-1]
-    generator, _ = load_generator(tracker.download(ref, tmp_path / "ckpt"))
+    with MlflowRunSource.open(tracking_uri, run["run_id"]) as source:
+        checkpoint = source.checkpoints()[-1]
+        generator, payload = checkpoint.load()
     images = ground_truth_noise.latent_draw(generator, stored["settings"]["gt_samples"], LATENT_SEED)
     assert classifier.count_modes(images).to_dict() == run["checkpoints"][-1]["gt"]
     # ... and, scoring that draw, the FID `facegan evaluate --features random` logged for the checkpoint.
     from evaluation.features import get_extractor
 
     spaces = {"random": get_extractor("random")}
-    _, payload = load_generator(tracker.download(ref, tmp_path / "ckpt2"))
     modes, draw_fids = ground_truth_noise.score_draw(
-        generator, LATENT_SEED, stored["settings"]["gt_samples"], classifier, spaces,
-        ground_truth_noise.run_references(payload, spaces), stored["num_samples"])
+        generator, checkpoint.epoch, LATENT_SEED, stored["settings"]["gt_samples"], classifier,
+        ground_truth_noise.run_scorers(payload, spaces, stored["num_samples"]))
     assert modes == run["checkpoints"][-1]["gt"]["modes"]
     assert draw_fids["random"] == pytest.approx(run["checkpoints"][-1]["fid"], rel=1e-6)
 
@@ -188,7 +186,7 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
 
 def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():
     from facegan.config import load_config
-    from facegan.data import synthetic_faces
+    from facegan.synthetic import synthetic_faces
     from facegan.run_tracker import MemoryTracker
     from facegan.training import train
 

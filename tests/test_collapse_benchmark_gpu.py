@@ -20,10 +20,11 @@ from test_collapse_benchmark import check_replay  # noqa: E402
 @pytest.mark.slow
 def test_store_free_scoring_matches_facegan_evaluate(tmp_path, monkeypatch, tracking_uri):
     """The GPU part scores checkpoints without MLflow: it must find what `evaluate_run` finds."""
+    from evaluation.engine import RealImages, Scorer
     from evaluation.features import get_extractor
-    from evaluation.ranking import evaluate_run, reference_and_noise
-    from facegan.data import synthetic_faces
-    from facegan.tracking import EvaluationTracker, MlflowRunTracker
+    from facegan.evaluate import evaluate_run
+    from facegan.synthetic import synthetic_faces
+    from facegan.tracking import MlflowRunSource, MlflowRunTracker
 
     monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
     scale = gpu.SCALES["tiny"]
@@ -34,16 +35,11 @@ def test_store_free_scoring_matches_facegan_evaluate(tmp_path, monkeypatch, trac
     stored = evaluate_run(tracker.run_id, features="random", num_samples=scale.num_samples,
                           tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
 
-    from facegan.checkpoint import load_generator
-
-    store = EvaluationTracker(tracking_uri, tracker.run_id)
-    generators = {ref.epoch: load_generator(store.download(ref, tmp_path / ref.model_id))[0]
-                  for ref in store.checkpoints()}
-    extractor = get_extractor("random")
+    with MlflowRunSource.open(tracking_uri, tracker.run_id) as source:
+        generators = {c.epoch: c.load()[0] for c in source.checkpoints()}
     real = synthetic_faces(scale.num_train_images, gpu.IMAGE_SIZE, seed=0)
-    reference, noise = reference_and_noise(real, extractor, scale.num_samples, progress=False)
-    direct = gpu.evaluate_generators("direct", generators, extractor, reference, noise, scale.num_samples,
-                                     torch.device("cpu"))
+    scorer = Scorer(get_extractor("random"), RealImages(real.images, real.digest), scale.num_samples)
+    direct = gpu.evaluate_generators("direct", generators, scorer)
 
     assert [c.epoch for c in direct.checkpoints] == [c.epoch for c in stored.checkpoints] == [1, 2, 3]
     for a, b in zip(direct.checkpoints, stored.checkpoints):

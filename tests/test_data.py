@@ -1,4 +1,4 @@
-"""Tests for facegan.data: synthetic faces, folder preparation, dataset files, load_data."""
+"""Tests for the data modules: synthetic faces, folder preparation, the container, dataset files, load_data."""
 
 from __future__ import annotations
 
@@ -10,18 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from facegan.data import (
+from facegan.data import load_data, load_dataset, save_dataset
+from facegan.dataset import Dataset, tensor_digest
+from facegan.folders import prepare_folder
+from facegan.synthetic import (
     SYNTHETIC_ATTRIBUTES,
-    Dataset,
     attribute_combination_index,
-    load_data,
-    load_dataset,
     num_attribute_combinations,
-    prepare_folder,
     render_faces,
-    save_dataset,
     synthetic_faces,
-    tensor_digest,
 )
 from facegan.errors import FaceganError
 

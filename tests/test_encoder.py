@@ -11,7 +11,7 @@ from evaluation.encoder import (
     JITTER_BRIGHTNESS, JITTER_GAIN, EncoderSettings, nt_xent, random_views, save_encoder, train_encoder,
 )
 from evaluation.features import get_extractor
-from facegan.data import synthetic_faces
+from facegan.synthetic import synthetic_faces
 from facegan.errors import FaceganError
 
 from conftest import assert_clean_error

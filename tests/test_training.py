@@ -7,7 +7,7 @@ import torch
 
 from facegan.checkpoint import load_checkpoint, load_generator
 from facegan.config import load_config
-from facegan.data import synthetic_faces
+from facegan.synthetic import synthetic_faces
 from facegan.run_tracker import MemoryTracker
 from facegan.training import Schedule, train
 

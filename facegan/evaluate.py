@@ -1,0 +1,185 @@
+"""``facegan evaluate`` and ``facegan train --evaluate``: each source wired to the evaluation engine.
+
+The engine (:mod:`evaluation.engine`) scores checkpoints and decides; this module knows where
+the checkpoints and the real images come from:
+
+- :func:`evaluate_run`: a training run in MLflow (:class:`facegan.tracking.MlflowRunSource`),
+  compared with the run's own training data (checked by digest) or ``--real``; scores, tags, a
+  table, a plot and the registered choice go back to the run;
+- :func:`evaluate_folders`: sample folders ``DIR/<epoch>/*.png`` against ``--real``, no MLflow;
+- :func:`training_judge`: the judge a training run hands each new checkpoint to
+  (:class:`evaluation.online.TrainingJudge`), logging to the run exactly as :func:`evaluate_run`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from evaluation.engine import DEFAULT_NUM_SAMPLES, RealImages, Scorer, evaluate, space_label
+from evaluation.features import FeatureExtractor, get_extractor
+from evaluation.online import StopRule, TrainingJudge
+from evaluation.ranking import Evaluation, scores_figure
+from evaluation.sources import sample_folders
+from facegan.common import select_device
+from facegan.config import Config
+from facegan.data import load_data, load_dataset
+from facegan.dataset import Dataset
+from facegan.errors import FaceganError
+from facegan.folders import prepare_folder
+from facegan.run_tracker import STOPPED_EPOCH_TAG
+
+# A real folder (--real) is read whole, as it is: no per-person limit, no crop.
+_ALL = 10**9
+
+
+def make_extractor(features: str, *, inception_weights: str | None, device: torch.device) -> FeatureExtractor:
+    """The feature space ``features`` names on ``device``; a clear error for a bad one."""
+    return get_extractor(features, inception_weights=inception_weights, device=str(device))
+
+
+def real_images(dataset: Dataset) -> RealImages:
+    return RealImages(dataset.images, dataset.digest)
+
+
+def load_real(real: str, image_size: int, progress: bool) -> Dataset:
+    """``--real``: a dataset file as it is, or every image of a folder resized to ``image_size``.
+
+    Sizes need not match the samples': every feature extractor resizes to its own input.
+    """
+    path = Path(real)
+    if path.is_dir():
+        return prepare_folder(path, image_size=image_size, per_identity=_ALL, limit=_ALL, crop=1.0, progress=progress)
+    if not path.is_file():
+        raise FaceganError(f"--real {real}: no such file or folder")
+    return load_dataset(path)
+
+
+def run_training_data(payload: dict, real: str | None, progress: bool) -> Dataset:
+    """The real images of a run: its own training data (checked by digest), or ``--real``."""
+    if real is not None:
+        return load_real(real, payload["network"]["image_size"], progress)
+    cfg = Config.from_dict(payload["config"])
+    try:
+        data = load_data(cfg.data.source, num_images=cfg.data.num_images, image_size=cfg.model.image_size,
+                         seed=cfg.data.seed, progress=progress)
+    except FaceganError as exc:
+        raise FaceganError(f"cannot load the run's training data ({exc}); pass --real FILE|FOLDER") from None
+    if data.digest != payload["dataset"]["digest"]:
+        raise FaceganError(f"the run's data at {cfg.data.source} has changed since training (digest differs); "
+                           "pass --real FILE|FOLDER to compare against other real images")
+    return data
+
+
+def evaluate_run(
+    run: str,
+    *,
+    features: str = "inception",
+    inception_weights: str | None = None,
+    num_samples: int | None = None,
+    real: str | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+    register: str | None = "facegan-generator",
+    device: str = "auto",
+    progress: bool = True,
+) -> Evaluation:
+    """Score every checkpoint of a training run, log the results to MLflow, register the choice.
+
+    ``num_samples`` defaults to the count the run was already scored with in this feature space
+    (in training or by an earlier evaluation), so nothing is scored twice, else 2000.
+    """
+    from facegan.tracking import MlflowRunSource  # imports mlflow: only the run mode needs it
+
+    torch_device = select_device(device)
+    with MlflowRunSource.open(tracking_uri, run) as source:
+        checkpoints = source.checkpoints()
+        if not checkpoints:
+            raise FaceganError(f"run {source.run_id} has no generator checkpoints to evaluate "
+                               "(they are logged every --checkpoint-every epochs and at the last epoch)")
+        extractor = make_extractor(features, inception_weights=inception_weights, device=torch_device)
+        if num_samples is None:
+            num_samples = source.scored_num_samples(space_label(extractor)) or DEFAULT_NUM_SAMPLES
+        data = _run_data(checkpoints, real, progress)
+        scorer = Scorer(extractor, real_images(data), num_samples, device=torch_device, progress=progress)
+        evaluation = evaluate(checkpoints, scorer, source, force=force, progress=progress, what=f"checkpoint of {source.description}")
+        evaluation.run_id = source.run_id
+        _record(source, evaluation, register)
+    return evaluation
+
+
+def _run_data(checkpoints, real: str | None, progress: bool) -> Dataset:
+    """The run's real data, read from the newest checkpoint that loads (its config names the data)."""
+    errors = []
+    for checkpoint in reversed(checkpoints):
+        try:
+            _, payload = checkpoint.load()
+        except FaceganError as exc:
+            errors.append(f"{checkpoint.label}: {exc}")
+            continue
+        return run_training_data(payload, real, progress)
+    raise FaceganError("no checkpoint of the run could be read: " + "; ".join(errors))
+
+
+def _record(source, evaluation: Evaluation, register: str | None) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = scores_figure(evaluation)
+    try:
+        evaluation.registered = source.record(evaluation, figure, register)
+    finally:
+        plt.close(figure)
+
+
+def evaluate_folders(
+    samples: str,
+    real: str,
+    *,
+    features: str = "inception",
+    inception_weights: str | None = None,
+    num_samples: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> Evaluation:
+    """Score folders of samples, one per epoch, against real images; no MLflow involved."""
+    checkpoints = sample_folders(samples)
+    torch_device = select_device(device)
+    extractor = make_extractor(features, inception_weights=inception_weights, device=torch_device)
+    data = load_real(real, checkpoints[0].image_size, progress)
+    for checkpoint in checkpoints:  # read the samples at the real images' size
+        checkpoint.image_size = data.images.shape[-1]
+    scorer = Scorer(extractor, real_images(data), num_samples or DEFAULT_NUM_SAMPLES, device=torch_device,
+                    progress=progress)
+    return evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
+
+
+def training_scorer(cfg: Config, dataset: Dataset, *, progress: bool) -> Scorer | None:
+    """The scorer of ``facegan train --evaluate`` (None when it is off), on the training device.
+
+    Built before the run starts: a bad ``--evaluate`` value, a missing file or missing weights
+    fail before any training, and the real features are computed (or read from the cache) once.
+    """
+    e = cfg.evaluate
+    if not e.enabled:
+        return None
+    device = select_device(cfg.train.device)
+    extractor = make_extractor(e.features, inception_weights=e.inception_weights, device=device)
+    return Scorer(extractor, real_images(dataset), e.num_samples, device=device, progress=progress)
+
+
+def training_judge(cfg: Config, scorer: Scorer, source, *, progress: bool) -> TrainingJudge:
+    """The judge a training run hands each new checkpoint to, logging into ``source`` (the run).
+
+    On a resumed run the earlier checkpoints' scores are read back (or scored now), and a run that
+    had stopped early is only stopped again for what happens after that epoch.
+    """
+    e = cfg.evaluate
+    stopped = source.tag(STOPPED_EPOCH_TAG)
+    rule = StopRule(on_collapse=e.stop_on_collapse, patience=e.stop_patience,
+                    after_epoch=int(stopped) if stopped else 0)
+    judge = TrainingJudge(scorer, source, rule=rule, register=e.register)
+    earlier = source.checkpoints()
+    if earlier:
+        judge.resume(earlier, progress=progress)
+    return judge
