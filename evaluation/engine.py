@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from evaluation.collapse import choose_best, detect_collapse
 from evaluation.features import FeatureExtractor
 from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, score
-from evaluation.ranking import Evaluation, Scored
+from evaluation.ranking import Evaluation, Scored, scores_figure
 from facegan.common import to_uint8
 from facegan.errors import FaceganError
 
@@ -122,16 +122,21 @@ def generator_batches(generator: torch.nn.Module, num_samples: int, device: torc
                       seed: int = LATENT_SEED) -> Iterator[torch.Tensor]:
     """uint8 images from the fixed latents (``seed``: other latents), batch by batch (never all at once).
 
-    The generator is used in eval mode and left as it was found.
+    The generator is used in eval mode (and left in the mode it was found in), moved to ``device``
+    in channels-last layout: transposed convolutions run about twice as fast so on the CPU, and
+    the images differ from contiguous weights' in about 4 of a million values, by one level.
     """
     rng = torch.Generator().manual_seed(seed)
     latents = torch.randn(num_samples, generator.latent_dim, generator=rng)
     was_training = generator.training
-    generator = generator.to(device).eval()
+    generator = generator.to(device=device, memory_format=torch.channels_last).eval()
     try:
-        with torch.inference_mode():
-            for batch in latents.split(GENERATION_BATCH):
-                yield to_uint8(generator(batch.to(device))).cpu()
+        for batch in latents.split(GENERATION_BATCH):
+            # Inference mode per batch, not around the yield: a generator suspended (or abandoned on
+            # Ctrl-C) inside the context would leave the caller's thread in inference mode.
+            with torch.inference_mode():
+                images = to_uint8(generator(batch.to(device))).cpu()
+            yield images
     finally:
         generator.train(was_training)
 
@@ -218,9 +223,15 @@ class Scorer:
 
 
 def _checked(batches: Iterable[torch.Tensor], interrupt: Callable[[], None]) -> Iterator[torch.Tensor]:
-    for batch in batches:
-        interrupt()
-        yield batch
+    batches = iter(batches)
+    try:
+        for batch in batches:
+            interrupt()
+            yield batch
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:  # an interrupted source tidies up now (the generator's mode), not at collection
+            close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +312,19 @@ def evaluate(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog | 
                   num_samples=sample_size, skipped=skipped)
 
 
+def record(log: DecisionLog, evaluation: Evaluation, register_name: str | None) -> str | None:
+    """Hand the whole result to ``log`` (table, plot, summary, registered choice); returns the registered URI."""
+    import matplotlib.pyplot as plt
+
+    figure = scores_figure(evaluation)
+    try:
+        evaluation.registered = log.record(evaluation, figure, register_name)
+    finally:
+        plt.close(figure)
+    return evaluation.registered
+
+
 __all__ = [
     "DEFAULT_NUM_SAMPLES", "LATENT_SEED", "Checkpoint", "DecisionLog", "RealImages", "ScoreLog", "Scorer", "cache_dir",
-    "decide", "evaluate", "generator_batches", "real_reference", "score_all", "space_label",
+    "decide", "evaluate", "generator_batches", "real_reference", "record", "score_all", "space_label",
 ]

@@ -305,10 +305,12 @@ class RandomCNNExtractor(FeatureExtractor):
         device: torch device.
     """
 
-    ARCHITECTURE_VERSION: ClassVar[int] = 1  # bump when the architecture or feature layout changes
+    ARCHITECTURE_VERSION: ClassVar[int] = 2  # bump when the architecture, feature layout or arithmetic changes
     CHANNELS: ClassVar[tuple[int, ...]] = (3, 16, 32, 64, 128)
     INPUT_SIZE: ClassVar[int] = 64
-    default_batch_size: ClassVar[int] = 256
+    # Small batches keep each layer's activations in cache: 32 images a pass extracted 1000 32 x 32
+    # faces in 0.19 s here, 256 a pass in 0.31 s (same features to the bit).
+    default_batch_size: ClassVar[int] = 32
     NEGATIVE_SLOPE: ClassVar[float] = 0.2
 
     def __init__(self, *, seed: int = 0, device: str | torch.device = "cpu") -> None:
@@ -328,17 +330,32 @@ class RandomCNNExtractor(FeatureExtractor):
         for c_in, c_out in zip(self.CHANNELS[:-1], self.CHANNELS[1:]):
             fan_in = c_in * 4 * 4
             weight = rng.standard_normal((c_out, c_in, 4, 4)) * (gain / np.sqrt(fan_in))
-            self._weights.append(torch.from_numpy(weight.astype(np.float32)).to(self.device))
+            self._weights.append(torch.from_numpy(weight.astype(np.float32)).to(self.device)
+                                 .contiguous(memory_format=torch.channels_last))
 
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch / 127.5 - 1.0
+        # Channels-last convolutions take oneDNN's faster kernels on the CPU (features move by ~1e-6
+        # relative, hence version 2 of the architecture's identity).
+        x = (batch / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
         pooled = []
         for weight in self._weights:
             x = F.leaky_relu(F.conv2d(x, weight, stride=2, padding=1), self.NEGATIVE_SLOPE)
-            std, mean = torch.std_mean(x, dim=(2, 3))
+            std, mean = _spatial_std_mean(x)
             pooled += [mean, std]
         pooled.append(F.adaptive_avg_pool2d(x, 2).flatten(1))
         return torch.cat(pooled, dim=1)
+
+
+def _spatial_std_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel standard deviation (ddof=1) and mean over the image, as ``torch.std_mean(x, (2, 3))``.
+
+    Written out because torch's reduction over small maps (4 x 4 to 32 x 32, many channels) is
+    several times slower on the CPU than these three passes.
+    """
+    flat = x.contiguous().flatten(2)
+    mean = flat.mean(2)
+    std = ((flat - mean[..., None]).square().sum(2) / (flat.shape[2] - 1)).sqrt()
+    return std, mean
 
 
 # --- inception --------------------------------------------------------------------------------

@@ -88,6 +88,9 @@ HIGHER_IS_BETTER = {
 
 # Entries of one distance block: 2**21 float64 = 16 MB per temporary array.
 _BLOCK_ENTRIES = 1 << 21
+# Inner-product matrices up to this size are kept whole while one set is scored: 2**23 float64 =
+# 64 MB, e.g. 2000 generated x 4000 real features.
+_GRAM_ENTRIES = 1 << 23
 # Independent random streams derived from one seed, so changing one use never shifts another.
 _STREAM_REAL_SUBSAMPLE, _STREAM_FAKE_SUBSAMPLE, _STREAM_KID_REAL, _STREAM_KID_FAKE, _STREAM_SPLIT = range(5)
 
@@ -101,6 +104,30 @@ def _subsample(n: int, size: int, seed: int, stream: int) -> np.ndarray:
     if size >= n:
         return np.arange(n)
     return np.sort(_rng(seed, stream).choice(n, size, replace=False))
+
+
+class _Gram:
+    """Inner products ``a @ b.T`` between feature sets, computed once while one set is scored.
+
+    Scoring a checkpoint needs fake x fake products three times (KID, nearest neighbours, Vendi)
+    and fake x real twice (KID, the real neighbourhoods): the matrix products are most of its
+    arithmetic. Products of at most ``keep_entries`` entries are kept whole and sliced; larger ones
+    are recomputed block by block, so memory stays bounded. ``_Gram()`` keeps nothing.
+    """
+
+    def __init__(self, keep_entries: int = 0):
+        self.keep_entries = keep_entries
+        # (id(a), id(b)) -> (a, b, a @ b.T); a and b are held so their ids cannot be reused
+        self._whole: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def rows(self, a: np.ndarray, b: np.ndarray, rows: slice) -> np.ndarray:
+        """``a[rows] @ b.T`` (read-only when it is a slice of a kept product)."""
+        if len(a) * len(b) > self.keep_entries:
+            return a[rows] @ b.T
+        key = (id(a), id(b))
+        if key not in self._whole:
+            self._whole[key] = (a, b, a @ b.T)
+        return self._whole[key][2][rows]
 
 
 def _check_features(features: np.ndarray, what: str, *, min_rows: int, dim: int | None = None) -> np.ndarray:
@@ -207,25 +234,27 @@ def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
         yield slice(start, min(start + step, n_rows))
 
 
-def _kernel_subset_sums(x: np.ndarray, y: np.ndarray, x_member: np.ndarray, y_member: np.ndarray) -> np.ndarray:
+def _kernel_subset_sums(x: np.ndarray, y: np.ndarray, x_member: np.ndarray, y_member: np.ndarray,
+                        gram: _Gram | None = None) -> np.ndarray:
     """For each subset s: sum of k(x_i, y_j) over i in x-subset s and j in y-subset s.
 
     ``x_member``/``y_member`` are subsets x samples 0/1 matrices. Computing each kernel block once
     and summing it through these matrices costs one pass over x·y instead of one per subset.
     """
     dim = x.shape[1]
+    gram = gram or _Gram()
     sums = np.zeros(x_member.shape[0])
     for rows in _row_blocks(len(x), len(y)):
-        kernel = (x[rows] @ y.T / dim + 1.0) ** 3
+        kernel = (gram.rows(x, y, rows) / dim + 1.0) ** 3
         sums += np.einsum("sj,sj->s", x_member[:, rows] @ kernel, y_member)
     return sums
 
 
-def _kernel_offdiagonal_sums(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+def _kernel_offdiagonal_sums(x: np.ndarray, index: np.ndarray, gram: _Gram | None = None) -> np.ndarray:
     """Per subset: sum of k(x_i, x_j) over distinct i, j of the subset."""
     member = _indicator(index, len(x))
     diagonal = (np.einsum("ij,ij->i", x, x) / x.shape[1] + 1.0) ** 3
-    return _kernel_subset_sums(x, x, member, member) - member @ diagonal
+    return _kernel_subset_sums(x, x, member, member, gram) - member @ diagonal
 
 
 def _kid_from_sums(fake_pairs: np.ndarray, real_pairs: np.ndarray, cross: np.ndarray, size: int) -> tuple[float, float]:
@@ -269,17 +298,18 @@ def features_to_kid(
 VENDI_WIDTH = 0.5
 
 
-def median_distance(features: np.ndarray, *, max_rows: int = 2000, seed: int = 0) -> float:
+def median_distance(features: np.ndarray, *, max_rows: int = 2000, seed: int = 0, _gram: _Gram | None = None) -> float:
     """Median Euclidean distance between distinct rows (on at most ``max_rows`` rows)."""
     array = _check_features(features, "input", min_rows=2)
     if len(array) > max_rows:
         array = array[_subsample(len(array), max_rows, seed, _STREAM_REAL_SUBSAMPLE)]
     squared = np.sum(array**2, axis=1)
-    distances = np.sqrt(np.clip(squared[:, None] + squared[None, :] - 2 * array @ array.T, 0.0, None))
+    products = (_gram or _Gram()).rows(array, array, slice(None))
+    distances = np.sqrt(np.clip(squared[:, None] + squared[None, :] - 2 * products, 0.0, None))
     return float(np.median(distances[np.triu_indices(len(array), k=1)]))
 
 
-def vendi_score(features: np.ndarray, bandwidth: float | None = None) -> float:
+def vendi_score(features: np.ndarray, bandwidth: float | None = None, *, _gram: _Gram | None = None) -> float:
     """Vendi score (Friedman & Dieng 2023) with a Gaussian kernel of a fixed width.
 
     ``k(x, y) = exp(-|x - y|^2 / (2 h^2))``; the score is the exponential of the entropy of the
@@ -303,7 +333,8 @@ def vendi_score(features: np.ndarray, bandwidth: float | None = None) -> float:
     if not h > 0:
         return 1.0  # every row identical
     squared = np.sum(array**2, axis=1)
-    distances_sq = np.clip(squared[:, None] + squared[None, :] - 2 * array @ array.T, 0.0, None)
+    products = (_gram or _Gram()).rows(array, array, slice(None))
+    distances_sq = np.clip(squared[:, None] + squared[None, :] - 2 * products, 0.0, None)
     kernel = np.exp(-distances_sq / (2 * h * h))
     eigenvalues = np.clip(np.linalg.eigvalsh(kernel), 0.0, None)
     eigenvalues = eigenvalues[eigenvalues > 0] / eigenvalues.sum()
@@ -313,21 +344,23 @@ def vendi_score(features: np.ndarray, bandwidth: float | None = None) -> float:
 # --- neighbours ---------------------------------------------------------------------------------
 
 
-def _squared_distance_blocks(a: np.ndarray, b: np.ndarray, *, same: bool) -> Iterator[tuple[slice, np.ndarray]]:
+def _squared_distance_blocks(a: np.ndarray, b: np.ndarray, *, same: bool,
+                             gram: _Gram | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Blocks of squared distances a[rows] x b; with ``same``, a point's distance to itself is inf."""
     a_sq, b_sq = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
+    gram = gram or _Gram()
     for rows in _row_blocks(len(a), len(b)):
-        block = a_sq[rows, None] + b_sq[None, :] - 2.0 * (a[rows] @ b.T)
+        block = a_sq[rows, None] + b_sq[None, :] - 2.0 * gram.rows(a, b, rows)
         np.maximum(block, 0.0, out=block)
         if same:
             block[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)] = np.inf
         yield rows, block
 
 
-def _neighbour_distances(x: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+def _neighbour_distances(x: np.ndarray, ks: tuple[int, ...], gram: _Gram | None = None) -> dict[int, np.ndarray]:
     """Distance from each row of x to its k-th nearest other row, for each k in ks."""
     result = {k: np.empty(len(x)) for k in ks}
-    for rows, block in _squared_distance_blocks(x, x, same=True):
+    for rows, block in _squared_distance_blocks(x, x, same=True, gram=gram):
         part = np.partition(block, [k - 1 for k in ks], axis=1)
         for k in ks:
             result[k][rows] = np.sqrt(part[:, k - 1])
@@ -343,15 +376,17 @@ class _SizeStats:
     bandwidth: float  # the Vendi kernel width: the real features' median distance
 
 
-def _size_stats(real: np.ndarray, size: int, *, quantile: float, factor: float, seed: int) -> _SizeStats:
-    subset = real[_subsample(len(real), size, seed, _STREAM_REAL_SUBSAMPLE)]
-    nearest = _neighbour_distances(subset, (1,))[1]
+def _size_stats(real: np.ndarray, size: int, *, quantile: float, factor: float, seed: int,
+                gram: _Gram | None = None) -> _SizeStats:
+    subset = real if size >= len(real) else real[_subsample(len(real), size, seed, _STREAM_REAL_SUBSAMPLE)]
+    gram = gram or _Gram(_GRAM_ENTRIES)
+    nearest = _neighbour_distances(subset, (1,), gram)[1]
     positive = nearest[nearest > 0]  # exact duplicates in the real data must not zero the scale
     if positive.size == 0:
         raise FaceganError("all real features are identical; the real data cannot serve as a reference")
-    bandwidth = VENDI_WIDTH * median_distance(subset, seed=seed)
-    return _SizeStats(vendi=vendi_score(subset, bandwidth), duplicate_threshold=float(np.quantile(positive, quantile) * factor),
-                      bandwidth=bandwidth)
+    bandwidth = VENDI_WIDTH * median_distance(subset, seed=seed, _gram=gram)
+    return _SizeStats(vendi=vendi_score(subset, bandwidth, _gram=gram),
+                      duplicate_threshold=float(np.quantile(positive, quantile) * factor), bandwidth=bandwidth)
 
 
 def _neighbour_scores(
@@ -364,9 +399,11 @@ def _neighbour_scores(
     k_density: int,
     size_stats: _SizeStats,
     seed: int,
+    gram: _Gram | None = None,
 ) -> dict[str, float]:
     """precision, recall, density, coverage, vendi, diversity and the duplicate shares."""
-    fake_neighbours = _neighbour_distances(fake, (1, k_precision))
+    gram = gram or _Gram()
+    fake_neighbours = _neighbour_distances(fake, (1, k_precision), gram)
     fake_radius_sq = fake_neighbours[k_precision] ** 2
     real_radius_p_sq, real_radius_d_sq = radius_precision**2, radius_density**2
     in_real_manifold = np.zeros(len(fake), dtype=bool)
@@ -374,7 +411,7 @@ def _neighbour_scores(
     nearest_real_sq = np.empty(len(fake))
     covered = np.zeros(len(real), dtype=bool)
     in_fake_manifold = np.zeros(len(real), dtype=bool)
-    for rows, block in _squared_distance_blocks(fake, real, same=False):
+    for rows, block in _squared_distance_blocks(fake, real, same=False, gram=gram):
         in_real_manifold[rows] = (block <= real_radius_p_sq).any(axis=1)
         in_density_balls = block <= real_radius_d_sq
         density_count[rows] = in_density_balls.sum(axis=1)
@@ -388,7 +425,7 @@ def _neighbour_scores(
         nearest_fake = _neighbour_distances(subset, (1,))[1]
     else:
         subset, nearest_fake = fake, fake_neighbours[1]
-    vendi = vendi_score(subset, size_stats.bandwidth)
+    vendi = vendi_score(subset, size_stats.bandwidth, _gram=gram)
     threshold = size_stats.duplicate_threshold
     return {
         "precision": float(in_real_manifold.mean()),
@@ -575,6 +612,7 @@ def score(fake_features: np.ndarray, reference: RealReference) -> dict[str, floa
         FaceganError: too few samples or non-finite features.
     """
     fake = _check_features(fake_features, "generated", min_rows=reference.min_samples, dim=reference.dim)
+    gram = _Gram(_GRAM_ENTRIES)
     mu, sigma = features_to_statistics(fake)
     fid = _fid_with_root(reference.mu, reference.sigma, reference.sigma_sqrt, mu, sigma)
 
@@ -584,14 +622,16 @@ def score(fake_features: np.ndarray, reference: RealReference) -> dict[str, floa
         subset_size=reference.kid_subset_size, seed=reference.seed,
     )
     cross = _kernel_subset_sums(
-        fake, reference.features, _indicator(fake_index, len(fake)), _indicator(real_index, reference.num_samples)
+        fake, reference.features, _indicator(fake_index, len(fake)), _indicator(real_index, reference.num_samples),
+        gram,
     )
-    kid, kid_std = _kid_from_sums(_kernel_offdiagonal_sums(fake, fake_index), real_pairs, cross, fake_index.shape[1])
+    kid, kid_std = _kid_from_sums(_kernel_offdiagonal_sums(fake, fake_index, gram), real_pairs, cross,
+                                  fake_index.shape[1])
 
     neighbours = _neighbour_scores(
         fake, reference.features, radius_precision=reference.radius_precision,
         radius_density=reference.radius_density, k_precision=reference.k_precision,
-        k_density=reference.k_density, size_stats=reference._stats_at(len(fake)), seed=reference.seed,
+        k_density=reference.k_density, size_stats=reference._stats_at(len(fake)), seed=reference.seed, gram=gram,
     )
     result = {"fid": fid, "kid": kid, "kid_std": kid_std, **neighbours}
     return {key: result[key] for key in SCORE_KEYS}
@@ -645,16 +685,17 @@ def calibrate_noise(reference: RealReference, sample_size: int, *, repeats: int 
     for repeat in range(repeats):
         order = _rng(seed + repeat, _STREAM_SPLIT).permutation(reference.num_samples)
         pseudo_fake, pseudo_real = reference.features[order[:size]], reference.features[order[size:]]
-        radii = _neighbour_distances(pseudo_real, tuple(sorted({reference.k_precision, reference.k_density})))
+        gram = _Gram(_GRAM_ENTRIES)  # one repeat's products, shared by its radii, size terms and scores
+        radii = _neighbour_distances(pseudo_real, tuple(sorted({reference.k_precision, reference.k_density})), gram)
         scores = _neighbour_scores(
             pseudo_fake, pseudo_real, radius_precision=radii[reference.k_precision],
             radius_density=radii[reference.k_density], k_precision=reference.k_precision,
             k_density=reference.k_density,
             size_stats=_size_stats(
                 pseudo_real, size, quantile=reference.duplicate_quantile, factor=reference.duplicate_factor,
-                seed=reference.seed,
+                seed=reference.seed, gram=gram,
             ),
-            seed=reference.seed,
+            seed=reference.seed, gram=gram,
         )
         for key, values in runs.items():
             values.append(scores[key])

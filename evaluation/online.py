@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from evaluation.engine import Checkpoint, DecisionLog, Scorer, decide, score_all
-from evaluation.ranking import Evaluation, Scored, scores_figure
+from evaluation.engine import Checkpoint, DecisionLog, Scorer, decide, record, score_all
+from evaluation.ranking import Evaluation, Scored
 from evaluation.sources import GeneratorCheckpoint
 
 
@@ -108,12 +108,15 @@ class TrainingJudge:
         ``interrupt`` is called between sample batches and may raise (Ctrl-C): the checkpoint is
         then left unscored, and a resumed run scores it.
         """
-        checkpoint = GeneratorCheckpoint(epoch, generator, label=label, model_id=model_id)
+        return self.add(GeneratorCheckpoint(epoch, generator, label=label, model_id=model_id), interrupt=interrupt)
+
+    def add(self, checkpoint: Checkpoint, *, interrupt: Callable[[], None] | None = None) -> tuple[str, str] | None:
+        """:meth:`checkpoint_written` for a checkpoint of any source (e.g. sample images)."""
         scores, count = self.scorer.score(checkpoint, interrupt=interrupt)
         if self.log is not None:
             self.log.log_scores(checkpoint, self.space, self.scorer.num_samples, scores)
-        self.scored = [c for c in self.scored if c.epoch != epoch]
-        self.scored.append(Scored(epoch, checkpoint.label, scores, model_id, num_samples=count))
+        self.scored = [c for c in self.scored if c.epoch != checkpoint.epoch]
+        self.scored.append(Scored(checkpoint.epoch, checkpoint.label, scores, checkpoint.model_id, num_samples=count))
         self._decide()
         return self.rule.reason(self.evaluation) if self.rule.active else None
 
@@ -134,15 +137,7 @@ class TrainingJudge:
         """Log the ranking table, the plot and the summary, and register the choice; returns its URI."""
         if self.evaluation is None or self.log is None:
             return None
-        import matplotlib.pyplot as plt
-
-        figure = scores_figure(self.evaluation)
-        try:
-            registered = self.log.record(self.evaluation, figure, self.register)
-        finally:
-            plt.close(figure)
-        self.evaluation.registered = registered
-        return registered
+        return record(self.log, self.evaluation, self.register)
 
 
 def _short(value: float) -> str:

@@ -290,8 +290,29 @@ def train_run(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str) -> str:
     return tracker.run_id
 
 
-def train_into(tracker, spec: RunSpec, seed: int, scale: Scale, base_overrides: dict) -> None:
-    """Train one run of ``spec`` on the synthetic faces into ``tracker`` (any RunTracker)."""
+def train_online(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str, features: str, label: str):
+    """Train one run with every checkpoint scored as it is written, stopping at a confirmed collapse
+    (``facegan train --evaluate FEATURES --stop-on-collapse``); returns (run id, trainer)."""
+    from facegan.evaluate import training_judge, training_scorer
+    from facegan.tracking import MlflowRunSource, MlflowRunTracker
+
+    tracker = MlflowRunTracker.start(tracking_uri, EXPERIMENT, f"{scale.name}-{spec.name}-seed{seed}-online-{label}")
+    evaluate = {"evaluate.features": features, "evaluate.num_samples": scale.num_samples,
+                "evaluate.stop_on_collapse": True, "evaluate.register": None}
+
+    def judge_for(cfg, data):
+        source = MlflowRunSource(tracker.client, tracker.run_id)  # a new run: nothing to download
+        return training_judge(cfg, training_scorer(cfg, data, progress=False), source, progress=False)
+
+    trainer = train_into(tracker, spec, seed, scale, {**BASE_OVERRIDES, **evaluate}, judge_for=judge_for)
+    return tracker.run_id, trainer
+
+
+def train_into(tracker, spec: RunSpec, seed: int, scale: Scale, base_overrides: dict, *, judge_for=None):
+    """Train one run of ``spec`` on the synthetic faces into ``tracker`` (any RunTracker); returns the trainer.
+
+    ``judge_for(cfg, data)``, when given, builds the judge that scores each checkpoint in training.
+    """
     overrides = {
         **base_overrides,
         **spec.overrides,
@@ -304,15 +325,16 @@ def train_into(tracker, spec: RunSpec, seed: int, scale: Scale, base_overrides: 
     }
     cfg = load_config(None, overrides=overrides)
     data = synthetic_faces(cfg.data.num_images, cfg.model.image_size, seed=cfg.data.seed)
+    judge = None if judge_for is None else judge_for(cfg, data)
     if spec.collapse_after is None:
-        train(cfg, data, tracker, progress=False)
-        return
+        return train(cfg, data, tracker, progress=False, judge=judge)
     lr_g, lr_d = spec.collapse_lr
     # The run says what was done to it.
     tracker.log_params({"benchmark.collapse_after": spec.collapse_after,
                         "benchmark.collapse_lr_g": lr_g, "benchmark.collapse_lr_d": lr_d})
-    train(cfg, data, tracker, progress=False,
-          trainer_class=lambda *a, **k: DesignedCollapse(*a, after=spec.collapse_after, lr_g=lr_g, lr_d=lr_d, **k))
+    return train(cfg, data, tracker, progress=False, judge=judge,
+                 trainer_class=lambda *a, **k: DesignedCollapse(*a, after=spec.collapse_after, lr_g=lr_g, lr_d=lr_d,
+                                                                **k))
 
 
 class DesignedCollapse(Trainer):
@@ -516,6 +538,106 @@ def run_histories(scale: Scale, tracking_uri: str, spaces: dict[str, str], faces
     return runs, stable_generator
 
 
+def run_online(scale: Scale, tracking_uri: str, spaces: dict[str, str], faces: Domain, log) -> list[dict]:
+    """Every run trained again per feature space with in-training evaluation and stopping on collapse.
+
+    Per run: where it stopped (or not), the share of its planned epochs it did not train, the
+    ground-truth onset of the checkpoints it did write, and ``facegan evaluate --force`` on those
+    same checkpoints afterwards: whether the scores, the onset and the choice are the ones training
+    logged and acted on.
+    """
+    runs = []
+    for spec in scale.runs:
+        for seed in spec.seeds:
+            name = f"{spec.name}-seed{seed}"
+            for label, features in spaces.items():
+                started = time.perf_counter()
+                run_id, trainer = train_online(spec, seed, scale, tracking_uri, features, label)
+                seconds = {"train_and_judge": round(time.perf_counter() - started, 1)}
+                online = trainer.judge.evaluation
+                truth, _ = checkpoint_truth(run_id, tracking_uri, faces.classifier, scale.gt_samples)
+                started = time.perf_counter()
+                offline = evaluate_run(run_id, features=features, num_samples=scale.num_samples, force=True,
+                                       tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
+                seconds["offline_evaluate"] = round(time.perf_counter() - started, 1)
+                runs.append(summarise_online(name, seed, spec, scale, label, trainer, online, offline, truth, seconds))
+                r = runs[-1]
+                log(f"  online {name} [{label}]: stopped at {r['stopped_epoch']} of {r['planned_epochs']} "
+                    f"(GT onset {r['gt_onset']}, saved {r['epochs_saved_share']:.0%}); choice {r['online_choice']} "
+                    f"online, {r['offline_choice']} offline")
+    return runs
+
+
+def summarise_online(name: str, seed: int, spec: RunSpec, scale: Scale, label: str, trainer, online, offline,
+                     truth: dict[int, dict], seconds: dict) -> dict:
+    epochs = sorted(truth)
+    gt = gt_onset(epochs, [truth[e]["modes"] for e in epochs])
+    stopped = trainer.epoch if trainer.stopped is not None else None
+    online_scores = {c.epoch: c.scores for c in online.checkpoints}
+    differences = [abs(online_scores[c.epoch][k] - v) / max(abs(v), 1e-12)
+                   for c in offline.checkpoints for k, v in c.scores.items()]
+    designed = None
+    if spec.collapse_after is not None:  # the first checkpoint trained with the collapsing learning rates
+        designed = next((e for e in epochs if e > spec.collapse_after), None)
+    return {
+        "run": name, "seed": seed, "config": spec.name, "features": label, "run_id": offline.run_id,
+        "designed_to_collapse": spec.designed_to_collapse,
+        "planned_epochs": scale.epochs,
+        "trained_epochs": trainer.epoch,
+        "stopped_epoch": stopped,
+        "stop_reason": None if trainer.stopped is None else trainer.stopped[1],
+        "epochs_saved_share": round(1 - trainer.epoch / scale.epochs, 3),
+        "gt_onset": gt,
+        "designed_collapse_checkpoint": designed,
+        "stop_checkpoints_after_gt_onset": _index_gap(epochs, stopped, gt),
+        "online_onset": online.collapse.onset_epoch,
+        "online_choice": online.best_epoch,
+        "offline_onset": offline.collapse.onset_epoch,
+        "offline_choice": offline.best_epoch,
+        "choice_equals_offline": online.best_epoch == offline.best_epoch,
+        "max_relative_score_difference": max(differences),
+        "choice_gt": truth[online.best_epoch],
+        "gt_best": {"epoch": gt_best_epoch(truth), **truth[gt_best_epoch(truth)]},
+        "gt_modes": [truth[e]["modes"] for e in epochs],
+        "seconds": seconds,
+    }
+
+
+def online_targets(runs: list[dict]) -> dict:
+    """Issue 15's targets for in-training evaluation, per feature space."""
+    targets = {}
+    for space in sorted({r["features"] for r in runs}):
+        mine = [r for r in runs if r["features"] == space]
+        collapsing = [r for r in mine if r["designed_to_collapse"]]
+        stable = [r for r in mine if not r["designed_to_collapse"]]
+        targets[f"{space}.designed_collapses_stop_within_two_checkpoints_of_gt_onset"] = bool(collapsing) and all(
+            r["stop_checkpoints_after_gt_onset"] is not None and 0 <= r["stop_checkpoints_after_gt_onset"] <= 2
+            for r in collapsing)
+        targets[f"{space}.stable_runs_do_not_stop"] = all(r["stopped_epoch"] is None for r in stable)
+        targets[f"{space}.choice_equals_offline_evaluate"] = all(r["choice_equals_offline"] for r in mine)
+        targets[f"{space}.mean_epochs_saved_on_collapsing_runs"] = (
+            round(float(np.mean([r["epochs_saved_share"] for r in collapsing])), 3) if collapsing else None)
+    return targets
+
+
+def online_markdown(result: dict) -> str:
+    lines = [f"# Collapse benchmark, in-training evaluation ({result['scale']})", "",
+             f"Every run trained with `--evaluate FEATURES --stop-on-collapse` (samples per checkpoint: "
+             f"{result['num_samples']}); afterwards `facegan evaluate --force` on the checkpoints it wrote. "
+             f"Total {result['seconds_total']:.0f} s.", "",
+             "| run | features | stopped at | of | epochs saved | GT onset | designed collapse | checkpoints after "
+             "GT onset | choice online / offline | scores differ by | GT modes at choice / GT best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['run']} | {r['features']} | {r['stopped_epoch'] or 'not stopped'} | {r['planned_epochs']} | "
+            f"{r['epochs_saved_share']:.0%} | {r['gt_onset']} | {r['designed_collapse_checkpoint']} | "
+            f"{r['stop_checkpoints_after_gt_onset']} | {r['online_choice']} / {r['offline_choice']} | "
+            f"{r['max_relative_score_difference']:.1e} | {r['choice_gt']['modes']} / {r['gt_best']['modes']} |")
+    lines += ["", "## Targets", ""] + [f"- {key}: {value}" for key, value in result["targets"].items()]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------
@@ -664,6 +786,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train the encoder feature space N epochs instead of the scale's (an experiment on "
                              "the feature space: the runs and the ground truth stay the same); adds -encoderN "
                              "to the result files' names")
+    parser.add_argument("--online", action="store_true",
+                        help="instead: train every run with in-training evaluation and stopping on collapse, in each "
+                             "feature space, and compare with `facegan evaluate` on the same checkpoints (writes "
+                             "...-online.json/.md)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -692,6 +818,10 @@ def main(argv: list[str] | None = None) -> dict:
                         if domain.name == "faces" else domain.real)
         specs[domain.name], encoders[domain.name] = feature_specs(scale, domain.name, train_images, encoder_dir)
         log(f"feature spaces for {domain.name}: {specs[domain.name]} ({encoders[domain.name]})")
+        if args.online:
+            break  # the training histories are faces only
+    if args.online:
+        return main_online(args, scale, suffix, domains[0], specs["faces"], encoders["faces"], started, log)
     extractors = {name: {space: get_extractor(spec) for space, spec in specs[name].items()} for name in specs}
     references = {
         domain.name: {space: RealReference.from_features(ex.extract(domain.real))
@@ -739,6 +869,30 @@ def main(argv: list[str] | None = None) -> dict:
     result["mlflow_study_run"] = log_study(result, args.tracking_uri, [json_path, md_path])
     print(markdown(result))
     print(json.dumps(headline(result), default=_json_default))
+    return result
+
+
+def main_online(args, scale: Scale, suffix: str, faces: Domain, spaces: dict[str, str], encoder: dict,
+                started: float, log) -> dict:
+    runs = run_online(scale, args.tracking_uri, spaces, faces, log)
+    result = {
+        "scale": scale.name, "device": "cpu", "num_samples": scale.num_samples,
+        "settings": {"runs": [asdict(r) for r in scale.runs], "base_overrides": BASE_OVERRIDES,
+                     "epochs": scale.epochs, "checkpoint_every": scale.checkpoint_every,
+                     "features": list(spaces), "gt_samples": scale.gt_samples, "encoder": asdict(scale.encoder),
+                     "encoders": {"faces": encoder}},
+        "runs": runs,
+        "targets": online_targets(runs),
+        "seconds_total": time.perf_counter() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"collapse_benchmark{suffix}-online.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    (args.out / f"collapse_benchmark{suffix}-online.md").write_text(online_markdown(result))
+    print(online_markdown(result))
+    print(json.dumps({"scale": scale.name, "targets": result["targets"],
+                      "runs": {f"{r['run']}/{r['features']}": {k: r[k] for k in (
+                          "stopped_epoch", "gt_onset", "epochs_saved_share", "online_choice", "offline_choice")}
+                               for r in runs}}, default=_json_default))
     return result
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from evaluation.engine import DEFAULT_NUM_SAMPLES, RealImages, Scorer, evaluate, space_label
+from evaluation.engine import DEFAULT_NUM_SAMPLES, RealImages, Scorer, evaluate, record, space_label
 from evaluation.features import FeatureExtractor, get_extractor
 from evaluation.online import StopRule, TrainingJudge
-from evaluation.ranking import Evaluation, scores_figure
+from evaluation.ranking import Evaluation
 from evaluation.sources import sample_folders
 from facegan.common import select_device
 from facegan.config import Config
@@ -105,7 +105,7 @@ def evaluate_run(
         scorer = Scorer(extractor, real_images(data), num_samples, device=torch_device, progress=progress)
         evaluation = evaluate(checkpoints, scorer, source, force=force, progress=progress, what=f"checkpoint of {source.description}")
         evaluation.run_id = source.run_id
-        _record(source, evaluation, register)
+        record(source, evaluation, register)
     return evaluation
 
 
@@ -120,16 +120,6 @@ def _run_data(checkpoints, real: str | None, progress: bool) -> Dataset:
             continue
         return run_training_data(payload, real, progress)
     raise FaceganError("no checkpoint of the run could be read: " + "; ".join(errors))
-
-
-def _record(source, evaluation: Evaluation, register: str | None) -> None:
-    import matplotlib.pyplot as plt
-
-    figure = scores_figure(evaluation)
-    try:
-        evaluation.registered = source.record(evaluation, figure, register)
-    finally:
-        plt.close(figure)
 
 
 def evaluate_folders(

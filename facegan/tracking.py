@@ -1,7 +1,7 @@
 """Everything facegan tells MLflow, and everything it reads back: the only module importing mlflow.
 
 The training loop talks to a small tracker interface (:class:`facegan.run_tracker.RunTracker`);
-:class:`MlflowRunTracker` implements it against a real tracking store. Layout (see DESIGN.md, "MLflow layout"):
+:class:`MlflowRunTracker` implements it against a real tracking store. Layout (docs/ARCHITECTURE.md, "MLflow layout"):
 
 - params: the resolved config, flat (``train.loss``, ...);
 - input: the dataset, with a digest of the whole uint8 tensor;

@@ -545,7 +545,6 @@ class Trainer:
             if self.stopped is not None:
                 if not saved:  # a stopped run can be continued with --resume
                     self._save_resume(self.snapshot)
-                bar.write(f"stopping at epoch {epoch}: {self.stopped[1]}", file=sys.stderr)
                 return
             stop.check()
 
