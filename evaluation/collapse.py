@@ -82,6 +82,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+from evaluation.memorisation import MemorisationResult
+
 __all__ = ["Choice", "CollapseResult", "choose_best", "detect_collapse"]
 
 # Checkpoints whose diversity changes measure the run's wobble (module docstring): the recent ones.
@@ -291,13 +293,16 @@ def detect_collapse(
                           thresholds=thresholds, passing_epochs=passing, unconfirmed_epoch=unconfirmed)
 
 
-def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseResult) -> Choice:
-    """Pick the checkpoint to keep: the lowest FID before the onset, among checkpoints without a drop.
+def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseResult,
+                memorisation: MemorisationResult | None = None) -> Choice:
+    """Pick the checkpoint to keep: the lowest FID before the onset, among checkpoints without a drop,
+    never one that copies its training images (``memorisation``).
 
     Args:
         checkpoints: the same sequence given to :func:`detect_collapse`, each also with ``fid``,
             ``kid`` and ``kid_std``.
         collapse: its result.
+        memorisation: :func:`evaluation.memorisation.detect_memorisation` on the same checkpoints.
 
     Returns:
         A :class:`Choice` with the epoch and the reason in words.
@@ -305,7 +310,7 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
     _check_checkpoints(checkpoints, _CHOICE_KEYS)
     if [int(c["epoch"]) for c in checkpoints] != collapse.epochs:
         raise ValueError("checkpoints do not match the collapse result")
-
+    copied = set(memorisation.memorised_epochs) if memorisation is not None else set()
     drops = dict(zip(collapse.epochs, collapse.drops))
     onset = collapse.onset_epoch
     if onset is None:
@@ -314,6 +319,17 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
     else:
         pool = [c for c in checkpoints if c["epoch"] < onset]
         scope = f"before the collapse onset at epoch {onset}"
+    originals = [c for c in pool if c["epoch"] not in copied]
+    if not originals:  # every candidate copies: the one that copies least, said plainly
+        chosen = min(pool, key=lambda c: (c["memorised_share"], c["fid"]))
+        return Choice(epoch=int(chosen["epoch"]), tied_epochs=[int(chosen["epoch"])],
+                      reason=f"every candidate {scope} copies training images beyond chance (memorised share > "
+                             f"{memorisation.threshold:.3f}); epoch {chosen['epoch']} copies the least "
+                             f"({chosen['memorised_share']:.3f})")
+    if len(originals) < len(pool):
+        scope += (", skipping checkpoints that copy training images (epoch "
+                  + ", ".join(str(c["epoch"]) for c in pool if c["epoch"] in copied) + ")")
+    pool = originals
     steady = [c for c in pool if not drops[c["epoch"]]]
     if steady and len(steady) < len(pool):
         notes = []

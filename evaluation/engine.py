@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from evaluation.collapse import choose_best, detect_collapse
 from evaluation.features import FeatureExtractor
-from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, score
+from evaluation.memorisation import detect_memorisation
+from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, memorised_share, score
 from evaluation.ranking import Evaluation, Scored, scores_figure
 from facegan.common import to_uint8
 from facegan.errors import FaceganError
@@ -50,7 +51,7 @@ LATENT_SEED = 20240601  # every generator checkpoint draws the same latents
 GENERATION_BATCH = 250
 DEFAULT_NUM_SAMPLES = 2000
 # Bump when calibrate_noise changes what it returns for the same reference and size.
-_NOISE_CACHE_VERSION = 1
+_NOISE_CACHE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -71,10 +72,17 @@ def space_label(extractor: FeatureExtractor) -> str:
 
 @dataclass(frozen=True)
 class RealImages:
-    """The real side: uint8 images N x 3 x S x S and a digest that identifies them (cache key)."""
+    """The real side: uint8 images N x 3 x S x S and a digest that identifies them (cache key).
+
+    ``holdout``, when there are real images of the same data that training did not see, returns
+    them (uint8, called only when the chance levels are not cached); ``holdout_id`` identifies
+    them. They set the chance level of copying (:mod:`evaluation.memorisation`).
+    """
 
     images: torch.Tensor
     digest: str
+    holdout: Callable[[], torch.Tensor] | None = None
+    holdout_id: str = ""
 
 
 class Checkpoint(Protocol):
@@ -188,6 +196,8 @@ class Scorer:
         self.space = space_label(extractor)
         self.reference, _ = real_reference(real, extractor, progress=progress)
         self._key = _cache_key(real.digest, extractor, real.images.shape[0])
+        if real.holdout is not None:
+            self._key += "-" + hashlib.sha256(real.holdout_id.encode()).hexdigest()[:8]
         self._noise: dict[int, dict[str, float]] = {}
 
     def noise(self, sample_size: int | None = None) -> dict[str, float]:
@@ -198,7 +208,12 @@ class Scorer:
             try:
                 self._noise[size] = json.loads(path.read_text())
             except (OSError, ValueError):
-                self._noise[size] = calibrate_noise(self.reference, size)
+                noise = calibrate_noise(self.reference, size)
+                if self.real.holdout is not None:  # novel real images: the chance level of copying
+                    held = self.extractor.extract(self.real.holdout())
+                    noise["memorised_share_heldout"] = memorised_share(held, self.reference, size)
+                    noise["heldout_size"] = int(held.shape[0])
+                self._noise[size] = noise
                 partial = path.with_name(path.name + ".partial")
                 partial.write_text(json.dumps(self._noise[size]))
                 os.replace(partial, path)  # whole or absent: an interrupted run leaves no half file
@@ -240,12 +255,14 @@ def _checked(batches: Iterable[torch.Tensor], interrupt: Callable[[], None]) -> 
 
 def decide(scored: list[Scored], noise: dict[str, float], *, space: str, note: str, num_samples: int,
            skipped: list[tuple[str, str]] | None = None) -> Evaluation:
-    """The collapse rule and the choice (:mod:`evaluation.collapse`) on scored checkpoints."""
+    """The collapse and memorisation rules and the choice (:mod:`evaluation.collapse`,
+    :mod:`evaluation.memorisation`) on scored checkpoints."""
     scored = sorted(scored, key=lambda c: c.epoch)
     rows = [{"epoch": c.epoch, **c.scores} for c in scored]
     collapse = detect_collapse(rows, noise)
-    return Evaluation(space, note, scored, collapse, choose_best(rows, collapse), noise, num_samples,
-                      list(skipped or []))
+    memorisation = detect_memorisation(rows, noise)
+    return Evaluation(space, note, scored, collapse, choose_best(rows, collapse, memorisation), noise, num_samples,
+                      list(skipped or []), memorisation=memorisation)
 
 
 def score_all(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog | None = None, *,

@@ -46,10 +46,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from facegan.common import torch_load_failure
 from facegan.errors import FaceganError
 
 __all__ = [
     "FeatureExtractor",
+    "DinoV2Extractor",
     "InceptionExtractor",
     "RandomCNNExtractor",
     "TorchScriptExtractor",
@@ -73,6 +75,7 @@ _INCEPTION_CACHE_NAMES = (
     "weights-inception-2015-12-05-6726825d.pth",
     "pt_inception-2015-12-05-6726825d.pth",
 )
+_INCEPTION_FILE_NAMES = f"{_INCEPTION_CACHE_NAMES[0]} (also published as {_INCEPTION_CACHE_NAMES[1]})"
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -233,14 +236,18 @@ def extractor_specs() -> list[str]:
 
 
 def get_extractor(
-    spec: str, *, inception_weights: str | os.PathLike | None = None, device: str = "cpu"
+    spec: str, *, inception_weights: str | os.PathLike | None = None, dinov2_weights: str | os.PathLike | None = None,
+    device: str = "cpu",
 ) -> FeatureExtractor:
     """Build the feature extractor that ``spec`` names.
 
     Args:
-        spec: ``"inception"``, ``"random"`` or ``"torchscript:PATH"`` (see :func:`extractor_specs`).
+        spec: ``"inception"``, ``"dinov2"``, ``"random"`` or ``"torchscript:PATH"`` (see
+            :func:`extractor_specs`).
         inception_weights: local file with the FID Inception weights (``--inception-weights``);
             only valid with ``inception``.
+        dinov2_weights: local file with the DINOv2 weights (``--dinov2-weights``); only valid with
+            ``dinov2``.
         device: torch device to run the network on, e.g. ``"cpu"`` or ``"cuda"``.
 
     Raises:
@@ -256,10 +263,12 @@ def get_extractor(
     if registration.argument is not None and not argument:
         raise FaceganError(f"feature space {kind!r} needs an argument: {kind}:{registration.argument}")
     kwargs: dict[str, object] = {"device": _resolve_device(device)}
-    if inception_weights is not None:
-        if kind != "inception":
-            raise FaceganError(f"--inception-weights applies only to --features inception, not {spec!r}")
-        kwargs["weights_path"] = inception_weights
+    for option, network, weights in (("--inception-weights", "inception", inception_weights),
+                                     ("--dinov2-weights", "dinov2", dinov2_weights)):
+        if weights is not None:
+            if kind != network:
+                raise FaceganError(f"{option} applies only to --features {network}, not {spec!r}")
+            kwargs["weights_path"] = weights
     args = (argument,) if registration.argument is not None else ()
     return registration.cls(*args, **kwargs)
 
@@ -426,7 +435,7 @@ class InceptionExtractor(FeatureExtractor):
         except Exception as error:  # urllib, http and filesystem errors all mean the same to the user
             raise FaceganError(
                 f"cannot download the Inception FID weights ({type(error).__name__}: {error}). "
-                f"Offline, give a local copy of {_INCEPTION_CACHE_NAMES[0]} with --inception-weights FILE "
+                f"Offline, give a local copy of {_INCEPTION_FILE_NAMES} with --inception-weights FILE "
                 f"or the environment variable {INCEPTION_WEIGHTS_ENV}, or use --features random "
                 f"(works offline; its numbers are not comparable with published FIDs)"
             ) from None
@@ -448,11 +457,11 @@ def _load_inception_state(path: Path) -> dict[str, torch.Tensor]:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise FaceganError(
-            f"cannot read Inception weights {path}: {type(error).__name__}: {error}. "
-            f"Expected the FID Inception-v3 state_dict {_INCEPTION_CACHE_NAMES[0]}"
+            f"cannot read Inception weights {path}: {torch_load_failure(path, error)}. "
+            f"Expected the FID Inception-v3 state_dict {_INCEPTION_FILE_NAMES}"
         ) from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise FaceganError(f"{path} is not a state_dict of tensors; expected {_INCEPTION_CACHE_NAMES[0]}")
+        raise FaceganError(f"{path} is not a state_dict of tensors; expected {_INCEPTION_FILE_NAMES}")
     return state_dict
 
 
@@ -477,8 +486,118 @@ def _build_inception(state_dict: dict[str, torch.Tensor], path: Path) -> torch.n
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FaceganError(
             f"{path} does not hold the FID Inception-v3 weights ({first_line}); "
-            f"expected {_INCEPTION_CACHE_NAMES[0]}"
+            f"expected {_INCEPTION_FILE_NAMES}"
         ) from None
+
+
+# --- dinov2 -----------------------------------------------------------------------------------
+
+DINOV2_WEIGHTS_ENV = "FACEGAN_DINOV2_WEIGHTS"
+DINOV2_MODEL = "vit_base_patch14_dinov2.lvd142m"  # timm's DINOv2 ViT-B/14 (Oquab et al. 2023)
+DINOV2_HUB_REPO, DINOV2_HUB_FILE = "timm/vit_base_patch14_dinov2.lvd142m", "model.safetensors"
+DINOV2_FILES = f"{DINOV2_HUB_FILE} of huggingface.co/{DINOV2_HUB_REPO}, or Meta's dinov2_vitb14_pretrain.pth"
+
+
+@register_extractor("dinov2")
+class DinoV2Extractor(FeatureExtractor):
+    """DINOv2 ViT-B/14 features: the class token after the last norm (768-d), at 224 x 224.
+
+    Stein et al. (NeurIPS 2023) found Inception features unfair to modern generators and recommend
+    DINOv2 ViT features for the Fréchet distance and the other metrics; their dgm-eval uses ViT-L/14
+    for final numbers and ViT-B/14 for tracking during training, with 224 x 224 inputs and ImageNet
+    normalisation. facegan uses ViT-B/14 through timm (``vit_base_patch14_dinov2.lvd142m``; its
+    position embeddings resampled once from the published 518 grid to 224). Images are resized with
+    the rule of :func:`resize_images` (dgm-eval resizes with bicubic PIL), so FDs here match
+    other DINOv2 FDs only approximately.
+
+    Weights are taken from, in order: ``weights_path``; ``FACEGAN_DINOV2_WEIGHTS``; a download
+    from the Hugging Face hub (or its local cache). A ``.safetensors`` file, or a ``.pth`` read with
+    ``weights_only=True``, so a weights file cannot run code.
+
+    Args:
+        weights_path: local weights (``model.safetensors`` of ``timm/vit_base_patch14_dinov2.lvd142m``,
+            or Meta's ``dinov2_vitb14_pretrain.pth``).
+        device: torch device.
+
+    Raises:
+        FaceganError: timm is missing, the file is missing or not these weights, or no file was given
+            and the download failed (e.g. offline).
+    """
+
+    INPUT_SIZE: ClassVar[int] = 224
+    MEAN: ClassVar[tuple[float, ...]] = (0.485, 0.456, 0.406)
+    STD: ClassVar[tuple[float, ...]] = (0.229, 0.224, 0.225)
+    default_batch_size: ClassVar[int] = 32
+
+    def __init__(self, *, weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> None:
+        try:
+            import timm
+        except ImportError as error:
+            raise FaceganError(f"dinov2 features need timm (pip install timm): {error}") from None
+        given = weights_path if weights_path is not None else os.environ.get(DINOV2_WEIGHTS_ENV) or None
+        if given is not None and not Path(given).is_file():
+            raise FaceganError(f"DINOv2 weights file not found: {given}")
+        path = Path(given) if given is not None else _dinov2_hub_file()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # position-embedding resampling notices
+                network = timm.create_model(DINOV2_MODEL, pretrained=True, img_size=self.INPUT_SIZE, num_classes=0,
+                                            pretrained_cfg_overlay={"file": str(path)})
+        except Exception as error:  # torch, safetensors and state-dict errors all mean the same to the user
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            raise FaceganError(f"{path} does not hold the DINOv2 ViT-B/14 weights ({reason}); expected "
+                               f"{DINOV2_FILES}") from None
+        self.name = "dinov2"
+        self.input_size = self.INPUT_SIZE
+        self.dim = network.num_features
+        self.comparable_to_published = False
+        self.note = ("DINOv2 ViT-B/14 features (Stein et al. 2023's recommendation for FD): comparable with FDs "
+                     "from the same network and resizing only, not with Inception FIDs")
+        self.identity = f"dinov2-vitb14-{self.INPUT_SIZE}-{_file_digest(path)}"
+        self.weights_path = path
+        self.device = torch.device(device)
+        self._network = network.eval().to(self.device)
+        self._mean = torch.tensor(self.MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(self.STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        return (resize_images(batch.float(), self.input_size) - self._mean) / self._std
+
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._network(batch)
+
+
+def _dinov2_hub_file() -> Path:
+    """The hub's DINOv2 weights file: from the local Hugging Face cache, else downloaded into it.
+
+    Offline (no route to the hub, or ``HF_HUB_OFFLINE`` set) this fails at once with the options,
+    instead of the hub client's minute of retries.
+    """
+    def offline(reason: str) -> FaceganError:
+        return FaceganError(
+            f"cannot download the DINOv2 weights ({reason}). Offline, give a local copy ({DINOV2_FILES}) with "
+            f"--dinov2-weights FILE or the environment variable {DINOV2_WEIGHTS_ENV}, or use --features random "
+            f"(works offline; its numbers rank checkpoints within one study only)")
+
+    try:
+        import huggingface_hub
+    except ImportError as error:
+        raise offline(f"huggingface_hub is not installed: {error}") from None
+    cached = huggingface_hub.try_to_load_from_cache(DINOV2_HUB_REPO, DINOV2_HUB_FILE)
+    if isinstance(cached, str):
+        return Path(cached)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise offline("HF_HUB_OFFLINE is set and the file is not in the local Hugging Face cache")
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError as error:
+        raise offline(f"huggingface.co cannot be reached: {error}") from None
+    try:
+        return Path(huggingface_hub.hf_hub_download(DINOV2_HUB_REPO, DINOV2_HUB_FILE))
+    except Exception as error:  # hub, HTTP and file errors: the same to the user
+        raise offline(f"{type(error).__name__}: {error}") from None
 
 
 # --- torchscript ------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "features_to_kid",
     "features_to_statistics",
     "kid_subsets",
+    "memorised_share",
     "score",
     "score_features",
     "statistics_to_fid",
@@ -635,6 +636,19 @@ def score(fake_features: np.ndarray, reference: RealReference) -> dict[str, floa
     )
     result = {"fid": fid, "kid": kid, "kid_std": kid_std, **neighbours}
     return {key: result[key] for key in SCORE_KEYS}
+
+
+def memorised_share(features: np.ndarray, reference: RealReference, sample_size: int) -> float:
+    """Share of rows lying closer to a reference sample than :func:`score`'s memorisation threshold at
+    ``sample_size`` samples: what :func:`score` reports as ``memorised_share`` for generated samples,
+    here for any set (held-out real images: the chance level of novel images of the same data).
+    """
+    rows = _check_features(features, "held-out", min_rows=1, dim=reference.dim)
+    threshold = reference._stats_at(sample_size).duplicate_threshold
+    nearest_sq = np.empty(len(rows))
+    for block_rows, block in _squared_distance_blocks(rows, reference.features, same=False):
+        nearest_sq[block_rows] = block.min(axis=1)
+    return float((np.sqrt(nearest_sq) < threshold).mean())
 
 
 def score_features(fake_features: np.ndarray, real_features: np.ndarray, **reference_options) -> dict[str, float]:

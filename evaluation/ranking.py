@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.collapse import Choice, CollapseResult
+from evaluation.memorisation import MemorisationResult
 from evaluation.metrics import SCORE_KEYS
 
 
@@ -41,6 +42,11 @@ class Evaluation:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     run_id: str | None = None
     registered: str | None = None
+    memorisation: MemorisationResult | None = None
+
+    def memorised(self, epoch: int) -> bool:
+        """Whether the checkpoint at ``epoch`` copies training images beyond chance."""
+        return self.memorisation is not None and epoch in self.memorisation.memorised_epochs
 
     @property
     def best_epoch(self) -> int:
@@ -55,13 +61,18 @@ class Evaluation:
             "collapse_epoch": self.collapse.onset_epoch,
             "passing_collapse_epochs": self.collapse.passing_epochs,
             "unconfirmed_drop_epoch": self.collapse.unconfirmed_epoch,
+            "memorisation_epoch": None if self.memorisation is None else self.memorisation.onset_epoch,
+            "memorised_epochs": [] if self.memorisation is None else self.memorisation.memorised_epochs,
+            "memorisation": None if self.memorisation is None else {
+                "threshold": self.memorisation.threshold, "chance": self.memorisation.chance,
+                "reference": self.memorisation.reference},
             "choice_reason": self.choice.reason,
             "run_id": self.run_id,
             "registered": self.registered,
             "num_samples": self.num_samples,
             "checkpoints": [
                 {"epoch": c.epoch, **{k: c.scores[k] for k in SCORE_KEYS if k in c.scores},
-                 "collapsed": collapsed[c.epoch], "model_id": c.model_id}
+                 "collapsed": collapsed[c.epoch], "memorised": self.memorised(c.epoch), "model_id": c.model_id}
                 for c in self.checkpoints
             ],
             "thresholds": self.collapse.thresholds,
@@ -81,19 +92,21 @@ class Evaluation:
         cols: dict[str, list] = {"epoch": [], "fid_rank": []}
         for key in SCORE_KEYS:
             cols[key] = []
-        cols["collapsed"], cols["chosen"] = [], []
+        cols["collapsed"], cols["memorised"], cols["chosen"] = [], [], []
         for c in self.checkpoints:
             cols["epoch"].append(c.epoch)
             cols["fid_rank"].append(order[c.epoch])
             for key in SCORE_KEYS:
                 cols[key].append(c.scores.get(key))
             cols["collapsed"].append(collapsed[c.epoch])
+            cols["memorised"].append(self.memorised(c.epoch))
             cols["chosen"].append(c.epoch == self.choice.epoch)
         return cols
 
     def render_table(self) -> str:
         collapsed, order = self._collapsed_and_rank()
-        head = f"{'epoch':>7} {'rank':>4} {'FID':>9} {'KID':>8} {'prec':>5} {'recall':>6} {'cover':>5} {'divers':>6} {'dupl':>5}  "
+        head = (f"{'epoch':>7} {'rank':>4} {'FID':>9} {'KID':>8} {'prec':>5} {'recall':>6} {'cover':>5} {'divers':>6} "
+                f"{'dupl':>5} {'copy':>5}  ")
         lines = [head, "-" * len(head)]
         unconfirmed = self.collapse.unconfirmed_epoch
         for c in self.checkpoints:
@@ -108,10 +121,12 @@ class Evaluation:
                             and c.epoch > self.collapse.onset_epoch else "passing collapse")
             elif unconfirmed is not None and c.epoch >= unconfirmed:
                 mark.append("drop, unconfirmed")
+            if self.memorised(c.epoch):
+                mark.append("memorised" + (" (onset)" if c.epoch == self.memorisation.onset_epoch else ""))
             lines.append(
                 f"{c.epoch:>7} {order[c.epoch]:>4} {s['fid']:>9.3f} {s['kid']:>8.4f} {s['precision']:>5.2f} "
-                f"{s['recall']:>6.2f} {s['coverage']:>5.2f} {s['diversity']:>6.2f} {s['duplicate_share']:>5.2f}  "
-                + " ".join(mark)
+                f"{s['recall']:>6.2f} {s['coverage']:>5.2f} {s['diversity']:>6.2f} {s['duplicate_share']:>5.2f} "
+                f"{s['memorised_share']:>5.2f}  " + " ".join(mark)
             )
         onset = self.collapse.onset_epoch
         if onset is not None:
@@ -125,6 +140,14 @@ class Evaluation:
             + (f" (passing collapses, recovered from: epochs {', '.join(map(str, self.collapse.passing_epochs))})"
                if self.collapse.passing_epochs else ""),
         ]
+        if self.memorisation is not None:
+            m = self.memorisation
+            copied = m.memorised_epochs
+            lines.append(
+                "copying training images: "
+                + (f"epochs {', '.join(map(str, copied))}" + (f" (from epoch {m.onset_epoch} on)" if m.onset_epoch else "")
+                   if copied else "none detected")
+                + f" (memorised share above {m.threshold:.3f}; by chance {m.chance:.3f}, from {m.reference})")
         if unconfirmed is not None:
             reasons = self.collapse.drops[self.collapse.epochs.index(unconfirmed)]
             lines.append(
@@ -158,6 +181,10 @@ def scores_figure(evaluation: Evaluation):
         ax.axvline(evaluation.collapse.onset_epoch, color="tab:red", linestyle="--", label="collapse onset")
     if evaluation.collapse.unconfirmed_epoch is not None:
         ax.axvline(evaluation.collapse.unconfirmed_epoch, color="tab:red", linestyle=":", label="unconfirmed drop")
+    copied = [c for c in evaluation.checkpoints if evaluation.memorised(c.epoch)]
+    if copied:
+        ax.plot([c.epoch for c in copied], [c.scores["fid"] for c in copied], marker="x", markersize=10,
+                color="tab:purple", linestyle="none", label="copies training images")
     best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.choice.epoch)
     ax.plot([best.epoch], [best.scores["fid"]], marker="*", markersize=18, color="gold",
             markeredgecolor="black", linestyle="none", label=f"chosen (epoch {best.epoch})")
@@ -168,7 +195,8 @@ def scores_figure(evaluation: Evaluation):
     return fig
 
 
-def write_json(evaluation: Evaluation, path: str) -> None:
+def write_json(evaluation, path: str) -> None:
+    """``evaluation.to_json()`` (an :class:`Evaluation` or a study) to ``path``; NaN and infinity as null."""
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
             return None

@@ -86,7 +86,8 @@ def quickstart(repeats: int, features: list[str], device: str) -> dict:
 
 def tutorial_cadence(features: str, num_samples: int, device: str, inception_weights: str | None) -> dict:
     """Seconds of one tutorial epoch and of scoring one 80 x 80 checkpoint, and their ratio."""
-    from evaluation.engine import RealImages, Scorer
+    from evaluation.engine import Scorer
+    from facegan.evaluate import real_images
     from evaluation.features import get_extractor
     from evaluation.sources import GeneratorCheckpoint
     from facegan.config import load_config
@@ -111,7 +112,7 @@ def tutorial_cadence(features: str, num_samples: int, device: str, inception_wei
 
     real = synthetic_faces(2000, 80, seed=0)
     extractor = get_extractor(features, inception_weights=inception_weights, device=device)
-    scorer = Scorer(extractor, RealImages(real.images, real.digest), num_samples, device=torch_device)
+    scorer = Scorer(extractor, real_images(real), num_samples, device=torch_device)
     scorer.noise()
     torch.manual_seed(0)
     generator = Generator()
@@ -128,7 +129,8 @@ def tutorial_case(features: str, num_samples: int, device: str, inception_weight
     """The judge on a tutorial-cadence history that collapses at ``collapse_at``: where it stops."""
     import numpy as np
 
-    from evaluation.engine import RealImages, Scorer
+    from evaluation.engine import Scorer
+    from facegan.evaluate import real_images
     from evaluation.features import get_extractor
     from evaluation.online import StopRule, TrainingJudge
     from evaluation.sources import ImagesCheckpoint
@@ -136,7 +138,7 @@ def tutorial_case(features: str, num_samples: int, device: str, inception_weight
 
     real = synthetic_faces(2000, 80, seed=0)
     extractor = get_extractor(features, inception_weights=inception_weights, device=device)
-    judge = TrainingJudge(Scorer(extractor, RealImages(real.images, real.digest), num_samples, device=device),
+    judge = TrainingJudge(Scorer(extractor, real_images(real), num_samples, device=device),
                           rule=StopRule(on_collapse=True))
     few = [(0, 0, 0, 0), (1, 2, 1, 0), (3, 1, 2, 1)]  # the attribute combinations a collapsed run keeps
     started, stopped = time.perf_counter(), None

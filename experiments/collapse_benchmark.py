@@ -61,7 +61,8 @@ import ground_truth as gt  # noqa: E402  (benchmark-only module beside this scri
 
 from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
-from evaluation.metrics import RealReference, score  # noqa: E402
+from evaluation.memorisation import detect_memorisation  # noqa: E402
+from evaluation.metrics import RealReference, calibrate_noise, memorised_share, score  # noqa: E402
 from evaluation.engine import generator_batches  # noqa: E402
 from facegan.common import to_uint8  # noqa: E402
 from facegan.evaluate import evaluate_run  # noqa: E402
@@ -235,6 +236,85 @@ def repeats_ladder(domain: Domain, num_samples: int, sizes: tuple[int, ...]) -> 
         distinct = domain.draw(rng.integers(0, domain.num_modes, n), seed=400 + step)
         sets.append((f"n={n}", distinct[torch.arange(num_samples) % n]))
     return sets
+
+
+COPY_SHARES = (0.0, 0.05, 0.10, 0.25, 0.50, 0.75, 1.0)
+COPY_NOISE = 4  # the noisy copies: every pixel moved by up to this many levels
+
+
+def copying_ladder(domain: Domain, num_samples: int, *, noisy: bool) -> list[tuple[float, torch.Tensor]]:
+    """Sets of ``num_samples`` whose given share are training (real) images, exactly or with a little
+    pixel noise, and the rest fresh images of the same data: the ground truth of copying."""
+    rng = np.random.default_rng(600)
+    novel = domain.draw(rng.integers(0, domain.num_modes, num_samples), seed=700)
+    order = torch.from_numpy(rng.permutation(len(domain.real)))
+    sets = []
+    for share in COPY_SHARES:
+        copied = round(share * num_samples)
+        copies = domain.real[order[torch.arange(copied) % len(order)]]
+        if noisy:
+            jitter = torch.from_numpy(rng.integers(-COPY_NOISE, COPY_NOISE + 1, copies.shape))
+            copies = (copies.int() + jitter).clamp(0, 255).to(torch.uint8)
+        sets.append((share, torch.cat([copies, novel[: num_samples - copied]])))
+    return sets
+
+
+def score_copying(domain: Domain, extractors: dict, references: dict, num_samples: int) -> dict:
+    """Per feature space and ladder: the memorised share of each set, Spearman with the copied share,
+    and the smallest copied share the memorisation rule flags (held-out images: fresh ones)."""
+    held_out = domain.draw(np.random.default_rng(800).integers(0, domain.num_modes, num_samples), seed=900)
+    result = {}
+    for space, extractor in extractors.items():
+        reference = references[space]
+        noise = calibrate_noise(reference, num_samples)
+        noise["memorised_share_heldout"] = memorised_share(extractor.extract(held_out), reference, num_samples)
+        noise["heldout_size"] = num_samples
+        result[space] = {"noise": noise}
+        for kind in ("exact", "noisy"):
+            points = []
+            for share, images in copying_ladder(domain, num_samples, noisy=kind == "noisy"):
+                memorised = score(extractor.extract(images), reference)["memorised_share"]
+                points.append({"copied_share": share, "memorised_share": memorised})
+            rule = detect_memorisation([{"epoch": i, **p} for i, p in enumerate(points)], noise)
+            for point, flagged in zip(points, rule.memorised):
+                point["flagged"] = flagged
+            flagged_shares = [p["copied_share"] for p in points if p["flagged"]]
+            result[space][kind] = {
+                "points": points, "threshold": rule.threshold, "chance": rule.chance,
+                "spearman": _spearman([p["memorised_share"] for p in points], list(COPY_SHARES)),
+                "first_flagged_share": min(flagged_shares) if flagged_shares else None,
+                "flagged_at_zero": points[0]["flagged"],
+            }
+    return result
+
+
+def copying_targets(copying: dict) -> dict:
+    """Issue 16's copying targets: flagged at 25% copied or less, never at 0%."""
+    targets = {}
+    for domain, spaces in copying.items():
+        for space, ladders in spaces.items():
+            for kind in ("exact", "noisy"):
+                ladder = ladders[kind]
+                first = ladder["first_flagged_share"]
+                targets[f"copying.{domain}.{space}.{kind}.flagged_at_25pct_or_less_never_at_0"] = (
+                    first is not None and first <= 0.25 and not ladder["flagged_at_zero"])
+    return targets
+
+
+def copying_markdown(copying: dict) -> list[str]:
+    lines = ["", "## Copying ladders: memorised share against the share of training images copied", "",
+             "| dataset | features | copies | memorised share at " + ", ".join(f"{s:.0%}" for s in COPY_SHARES)
+             + " copied | Spearman | threshold (chance) | first flagged |", "|---|---|---|---|---|---|---|"]
+    for domain, spaces in copying.items():
+        for space, ladders in spaces.items():
+            for kind in ("exact", "noisy"):
+                ladder = ladders[kind]
+                shares = ", ".join(f"{p['memorised_share']:.3f}" for p in ladder["points"])
+                first = ladder["first_flagged_share"]
+                lines.append(f"| {domain} | {space} | {kind} | {shares} | {_fmt(ladder['spearman'])} | "
+                             f"{ladder['threshold']:.3f} ({ladder['chance']:.3f}) | "
+                             f"{'never' if first is None else f'{first:.0%}'} |")
+    return lines
 
 
 def truncation_ladder(generator: torch.nn.Module, num_samples: int) -> list[tuple[str, torch.Tensor]]:
@@ -668,6 +748,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {dataset} | {kind} | {space} | {_fmt(values['diversity'])} | "
                          f"{_fmt(values['coverage'])} | {modes} |")
     size = result.get("image_size", gt.IMAGE_SIZE)
+    if result.get("copying"):
+        lines += copying_markdown(result["copying"])
     lines += ["", f"## Training histories (faces, {size} x {size})", "",
               "GT modes / confident share at each pick; onsets in epochs.", "",
               "GT onset: the first >= 20% fall in modes the run never recovers from; GT first fall: the "
@@ -786,6 +868,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train the encoder feature space N epochs instead of the scale's (an experiment on "
                              "the feature space: the runs and the ground truth stay the same); adds -encoderN "
                              "to the result files' names")
+    parser.add_argument("--copying", action="store_true",
+                        help="instead: only the copying ladders (memorisation against ground truth), in each feature "
+                             "space (writes ...-copying.json/.md)")
     parser.add_argument("--online", action="store_true",
                         help="instead: train every run with in-training evaluation and stopping on collapse, in each "
                              "feature space, and compare with `facegan evaluate` on the same checkpoints (writes "
@@ -821,13 +906,25 @@ def main(argv: list[str] | None = None) -> dict:
         if args.online:
             break  # the training histories are faces only
     if args.online:
-        return main_online(args, scale, suffix, domains[0], specs["faces"], encoders["faces"], started, log)
+        try:
+            return main_online(args, scale, suffix, domains[0], specs["faces"], encoders["faces"], started, log)
+        finally:
+            shutil.rmtree(encoder_dir, ignore_errors=True)
     extractors = {name: {space: get_extractor(spec) for space, spec in specs[name].items()} for name in specs}
     references = {
         domain.name: {space: RealReference.from_features(ex.extract(domain.real))
                       for space, ex in extractors[domain.name].items()}
         for domain in domains
     }
+
+    copying = {domain.name: score_copying(domain, extractors[domain.name], references[domain.name], scale.num_samples)
+               for domain in domains}
+    firsts = {f"{name}/{space}/{kind}": ladders[kind]["first_flagged_share"]
+              for name, spaces in copying.items() for space, ladders in spaces.items() for kind in ("exact", "noisy")}
+    log(f"copying ladders, first copied share flagged: {firsts}")
+    if args.copying:
+        shutil.rmtree(encoder_dir, ignore_errors=True)
+        return main_copying(args, scale, suffix, copying, started)
 
     ladders = {}
     for domain in domains:
@@ -856,8 +953,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "gt_samples": scale.gt_samples, "encoder": asdict(scale.encoder), "encoders": encoders},
         "ground_truth": ground_truth,
         "ladders": ladders,
+        "copying": copying,
         "histories": {"runs": runs, "reliability": reliability(runs)},
-        "targets": {**ladder_targets(ladders), **history_targets(runs)},
+        "targets": {**ladder_targets(ladders), **copying_targets(copying), **history_targets(runs)},
         "gpu": "a separate script: experiments/collapse_benchmark_gpu.py (80 x 80 on a GPU machine; "
                "results in collapse_benchmark-gpu80.md)",
     }
@@ -869,6 +967,22 @@ def main(argv: list[str] | None = None) -> dict:
     result["mlflow_study_run"] = log_study(result, args.tracking_uri, [json_path, md_path])
     print(markdown(result))
     print(json.dumps(headline(result), default=_json_default))
+    return result
+
+
+def main_copying(args, scale: Scale, suffix: str, copying: dict, started: float) -> dict:
+    result = {"scale": scale.name, "device": "cpu", "num_samples": scale.num_samples, "num_real": scale.num_real,
+              "copying": copying, "targets": copying_targets(copying), "seconds_total": time.perf_counter() - started}
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join([f"# Collapse benchmark, copying ladders ({scale.name})", "",
+                      f"Samples per set: {scale.num_samples}; real (training) images: {scale.num_real}; held-out "
+                      f"images: {scale.num_samples} fresh ones. Total {result['seconds_total']:.0f} s."]
+                     + copying_markdown(copying) + ["", "## Targets", ""]
+                     + [f"- {k}: {v}" for k, v in result["targets"].items()]) + "\n"
+    (args.out / f"collapse_benchmark{suffix}-copying.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    (args.out / f"collapse_benchmark{suffix}-copying.md").write_text(text)
+    print(text)
+    print(json.dumps({"scale": scale.name, "targets": result["targets"]}, default=_json_default))
     return result
 
 

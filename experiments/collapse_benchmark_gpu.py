@@ -64,12 +64,13 @@ import ground_truth as gt  # noqa: E402
 from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder  # noqa: E402
 from evaluation.features import get_extractor  # noqa: E402
 from evaluation.metrics import RealReference  # noqa: E402
-from evaluation.engine import RealImages, Scorer, evaluate, generator_batches  # noqa: E402
+from evaluation.engine import Scorer, evaluate, generator_batches  # noqa: E402
 from evaluation.ranking import Evaluation  # noqa: E402
 from evaluation.sources import GeneratorCheckpoint  # noqa: E402
 from facegan.checkpoint import load_generator  # noqa: E402
 from facegan.common import select_device  # noqa: E402
 from facegan.errors import FaceganError  # noqa: E402
+from facegan.evaluate import real_images  # noqa: E402
 from facegan.run_tracker import MemoryTracker, checkpoint_name  # noqa: E402
 from facegan.synthetic import synthetic_faces  # noqa: E402
 
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         log(f"encoder trained in {encoder_info['seconds']} s")
     extractors = {"random": get_extractor("random", device=str(device)),
                   "encoder": get_extractor(f"torchscript:{args.encoder}", device=str(device))}
-    scorers = {space: Scorer(ex, RealImages(real.images, real.digest), scale.num_samples, device=device)
+    scorers = {space: Scorer(ex, real_images(real), scale.num_samples, device=device)
                for space, ex in extractors.items()}
 
     ladders = {}

@@ -4,8 +4,9 @@ The collapse benchmark (``experiments/collapse_benchmark.py``) trains its runs, 
 checkpoint and classifies it with the ground truth: 20 minutes and more on a CPU. Its JSON keeps
 every checkpoint's scores and the chance levels, so a change to ``evaluation/collapse.py`` can be
 judged on exactly those runs without training them again: this script runs today's
-``detect_collapse`` and ``choose_best`` on the stored scores and prints, per run, the stored and
-the replayed choice and onset with their ground-truth modes, then the history targets both ways.
+``detect_collapse``, ``detect_memorisation`` and ``choose_best`` on the stored scores and prints, per
+run, the stored and the replayed choice and onset with their ground-truth modes and the checkpoints
+the memorisation rule calls copies, then the history targets both ways.
 
 It is a development tool: the figures the README reports come from a full benchmark run with the
 rule in place, which this does not replace (the scores themselves do not change with the rule,
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collapse_benchmark import history_targets, judge_run, onset_cell  # noqa: E402  (script beside this one)
 
 from evaluation.collapse import choose_best, detect_collapse  # noqa: E402
+from evaluation.memorisation import detect_memorisation  # noqa: E402
 from ground_truth import RESULTS_DIR  # noqa: E402
 
 _SCORE_KEYS = ("fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share")
@@ -47,8 +49,16 @@ def replay_run(run: dict) -> dict:
     rows = {c["epoch"]: c for c in checkpoints}
     truth = {c["epoch"]: c["gt"] for c in checkpoints}
     collapse = detect_collapse(checkpoints, run["noise"])
-    choice = choose_best(checkpoints, collapse)
-    return {**run, **judge_run(rows, truth, choice.epoch, collapse), "choice_reason": choice.reason}
+    memorisation = detect_memorisation(checkpoints, run["noise"]) if "memorised_share" in checkpoints[0] else None
+    choice = choose_best(checkpoints, collapse, memorisation)
+    copies = {
+        "memorised_epochs": [] if memorisation is None else memorisation.memorised_epochs,
+        "memorisation_threshold": None if memorisation is None else memorisation.threshold,
+        "max_memorised_share": max((c.get("memorised_share", 0.0) for c in checkpoints), default=0.0),
+        # What the memorisation rule alone changes: today's choice without it.
+        "choice_without_memorisation": choose_best(checkpoints, collapse).epoch,
+    }
+    return {**run, **judge_run(rows, truth, choice.epoch, collapse), "choice_reason": choice.reason, **copies}
 
 
 def replay(result: dict) -> tuple[list[dict], dict]:
@@ -63,7 +73,8 @@ def report(name: str, result: dict) -> str:
     lines = [f"## {name} ({result['scale']}, encoder {result['settings']['encoder']['epochs']} epochs)", "",
              "GT modes at the pick (epoch); kept = share of the GT best's modes.", "",
              "| run | features | stored choice | replayed choice | kept | lowest FID | GT best "
-             "| stored onset | replayed onset | GT onset |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| stored onset | replayed onset | GT onset | copies (max memorised share / threshold) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for old, new in zip(result["histories"]["runs"], runs):
         def pick(summary: dict, key: str) -> str:
             return f"{summary['picks'][key]['modes']} (ep {summary['picks'][key]['epoch']})"
@@ -71,12 +82,23 @@ def report(name: str, result: dict) -> str:
         kept = new["picks"]["facegan"]["modes"] / max(new["picks"]["gt_best"]["modes"], 1)
         lines.append(f"| {new['run']} | {new.get('features', '')} | {pick(old, 'facegan')} | {pick(new, 'facegan')} "
                      f"| {kept:.0%} | {pick(new, 'lowest_fid')} | {pick(new, 'gt_best')} | {old['detected_onset']} "
-                     f"| {onset_cell(new)} | {new['gt_onset']} |")
+                     f"| {onset_cell(new)} | {new['gt_onset']} | {_copies_cell(new)} |")
+    moved = sum(new["picks"]["facegan"]["epoch"] != new["choice_without_memorisation"] for new in runs)
+    copied = sum(len(new["memorised_epochs"]) for new in runs)
+    lines += ["", f"The memorisation rule moves the choice on {moved} of {len(runs)} runs; checkpoints called "
+                  f"copies: {copied} of {sum(len(r['checkpoints']) for r in runs)}."]
     lines += ["", "| target | stored | replayed |", "|---|---|---|"]
     stored = result["targets"]
     for key, value in targets.items():
         lines.append(f"| {key} | {_fmt(stored.get(key))} | {_fmt(value)} |")
     return "\n".join(lines) + "\n"
+
+
+def _copies_cell(run: dict) -> str:
+    if run["memorisation_threshold"] is None:
+        return "n/a (no memorised share stored)"
+    listed = ", ".join(map(str, run["memorised_epochs"])) or "none"
+    return f"{listed} ({run['max_memorised_share']:.3f} / {run['memorisation_threshold']:.3f})"
 
 
 def _fmt(value) -> str:

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import torch
 
+from facegan.common import torch_load_failure
 from facegan.errors import FaceganError
 from facegan.models import Generator, NetworkConfig, build_generator
 
@@ -59,24 +60,28 @@ def save_checkpoint(payload: dict, path: str | Path) -> Path:
     return atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 
-def load_checkpoint(path: str | Path, *, kind: str | None = None) -> dict:
-    """Read a checkpoint safely; a missing, damaged or foreign file is a :class:`FaceganError`."""
+def load_checkpoint(path: str | Path, *, kind: str | None = None, name: str | None = None) -> dict:
+    """Read a checkpoint safely; a missing, damaged or foreign file is a :class:`FaceganError`.
+
+    ``name`` is what messages call the file (e.g. ``checkpoint generator-epoch-0030 of run 1a2b``),
+    for files a user never saw under their own path (downloads into a scratch folder).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / GENERATOR_FILE
+    name = name or str(path)
     if not path.is_file():
-        raise FaceganError(f"checkpoint not found: {path}")
+        raise FaceganError(f"checkpoint not found: {name}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FaceganError(f"{path} is not a readable facegan checkpoint (damaged or another format): {first_line}") from None
+        raise FaceganError(f"{name} is not a readable facegan checkpoint: {torch_load_failure(path, exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FaceganError(f"{path} is not a facegan checkpoint (no facegan format marker)")
+        raise FaceganError(f"{name} is not a facegan checkpoint (no facegan format marker)")
     if payload.get("version") != VERSION:
-        raise FaceganError(f"{path} has checkpoint version {payload.get('version')}; this facegan reads {VERSION}")
+        raise FaceganError(f"{name} has checkpoint version {payload.get('version')}; this facegan reads {VERSION}")
     if kind is not None and payload.get("kind") != kind:
-        raise FaceganError(f"{path} is a {payload.get('kind')} checkpoint, expected a {kind} checkpoint")
+        raise FaceganError(f"{name} is a {payload.get('kind')} checkpoint, expected a {kind} checkpoint")
     return payload
 
 
@@ -95,7 +100,7 @@ def generator_from_checkpoint(payload: dict, *, source: str = "checkpoint") -> G
     return generator.eval()
 
 
-def load_generator(path: str | Path) -> tuple[Generator, dict]:
+def load_generator(path: str | Path, *, name: str | None = None) -> tuple[Generator, dict]:
     """Load a generator (eval mode, CPU) from a checkpoint file or a LoggedModel artifact folder."""
-    payload = load_checkpoint(path)
-    return generator_from_checkpoint(payload, source=str(path)), payload
+    payload = load_checkpoint(path, name=name)
+    return generator_from_checkpoint(payload, source=name or str(path)), payload

@@ -54,9 +54,12 @@ def main():
 @click.option("--limit", default=2000, show_default=True, help="Keep the first N images after shuffling.")
 @click.option("--crop", default=0.5, show_default=True, help="Centre crop keeping this fraction of width and height.")
 @click.option("--seed", default=0, show_default=True, help="Shuffle seed (and render seed for `synthetic`).")
+@click.option("--holdout", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Also keep N held-out images (of people with no image in training), which `facegan evaluate` "
+                   "uses to tell a generator that copies its training images from one that generates.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def prepare(source, out, size, per_identity, limit, crop, seed, quiet):
+def prepare(source, out, size, per_identity, limit, crop, seed, holdout, quiet):
     """Turn an image folder (or `synthetic`) into one dataset file for training.
 
     SOURCE is a folder of images at any depth (LFW layout: one folder per person; jpg, jpeg,
@@ -64,17 +67,23 @@ def prepare(source, out, size, per_identity, limit, crop, seed, quiet):
     are skipped and listed in the file's manifest.
     """
     from facegan.data import save_dataset
+    from facegan.dataset import Dataset
     from facegan.folders import prepare_folder
-    from facegan.synthetic import synthetic_faces
+    from facegan.synthetic import synthetic_faces, synthetic_holdout
 
     if source == "synthetic":
         dataset = synthetic_faces(limit, size, seed)
+        if holdout:
+            dataset = Dataset(dataset.images, {**dataset.manifest, "holdout": {"num_images": holdout}},
+                              dataset.labels, synthetic_holdout(holdout, size, seed))
     else:
         dataset = prepare_folder(source, image_size=size, per_identity=per_identity, limit=limit,
-                                      crop=crop, seed=seed, progress=not quiet)
+                                 crop=crop, seed=seed, progress=not quiet, holdout=holdout)
     save_dataset(dataset, out)
     skipped = len(dataset.manifest.get("skipped_files", []))
+    held = 0 if dataset.holdout is None else dataset.holdout.shape[0]
     click.echo(f"wrote {out}: {dataset.images.shape[0]} images of {size}x{size}"
+               + (f" and {held} held out" if held else "")
                + (f", {skipped} unreadable files skipped" if skipped else "")
                + f"; digest {dataset.digest[:12]}")
 
@@ -104,10 +113,11 @@ _TRAIN_OPTIONS = {
 # What may change when a run is resumed; the rest must stay as the run was started. How its
 # checkpoints are judged may change: a user who disagrees with a stop continues without it.
 _RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri", "evaluate.features", "evaluate.num_samples",
-              "evaluate.inception_weights", "evaluate.stop_on_collapse", "evaluate.stop_patience",
+              "evaluate.inception_weights", "evaluate.dinov2_weights", "evaluate.stop_on_collapse", "evaluate.stop_patience",
               "evaluate.register"}
-_FEATURES_HELP = ("inception (standard FID; downloads weights once), random (offline, ranks within a study "
-                  "only) or torchscript:PATH (your own network, or one from `facegan encoder`)")
+_FEATURES_HELP = ("inception (standard FID; downloads weights once), dinov2 (DINOv2 ViT-B/14, as Stein et al. "
+                  "2023 recommend; downloads weights once), random (offline, ranks within a study only) or "
+                  "torchscript:PATH (your own network, or one from `facegan encoder`)")
 
 
 @main.command()
@@ -154,7 +164,7 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     and --stop-patience stop early (resume state saved, run FINISHED and tagged
     facegan.stopped); `facegan train --resume RUN_ID` continues a stopped run without stopping
     again for the same onset. Config keys: [evaluate] features, num_samples, stop_on_collapse,
-    stop_patience, inception_weights, register.
+    stop_patience, inception_weights, dinov2_weights, register.
     """
     from facegan import tracking
     from facegan.config import Config, load_config, parse_override, resolve
@@ -221,13 +231,19 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
 
 
 @main.command()
-@click.option("--run", "run", metavar="RUN_ID|latest", help="Evaluate every checkpoint of this training run.")
+@click.option("--run", "runs", metavar="RUN_ID|latest", multiple=True,
+              help="Evaluate every checkpoint of this training run; given several times, compare the runs as a study.")
+@click.option("--experiment", metavar="NAME",
+              help="Or: a study of every training run in this MLflow experiment (e.g. the tutorial's three objectives).")
 @click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the seed's layout).")
 @click.option("--real", type=click.Path(), help="Real images: a dataset file or an image folder. Required with --samples; "
               "with --run it replaces the run's own training data.")
 @click.option("--features", default="inception", show_default=True, help="Feature space: " + _FEATURES_HELP + ".")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="Local pt_inception-2015-12-05 weights file for offline machines [env: FACEGAN_INCEPTION_WEIGHTS].")
+@click.option("--dinov2-weights", type=click.Path(dir_okay=False),
+              help="Local DINOv2 ViT-B/14 weights (timm's model.safetensors or Meta's dinov2_vitb14_pretrain.pth) for "
+                   "--features dinov2 offline [env: FACEGAN_DINOV2_WEIGHTS].")
 @click.option("--num-samples", type=int,
               help="Samples per checkpoint (--run), drawn from the same fixed latents; at most this many per folder "
                    "(--samples)  [default: --run: the count the run was already scored with in this feature space "
@@ -240,8 +256,8 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
-def evaluate(run, samples, real, features, inception_weights, num_samples, json_path, register, tracking_uri,
-             force, device, quiet):
+def evaluate(runs, experiment, samples, real, features, inception_weights, dinov2_weights, num_samples, json_path,
+             register, tracking_uri, force, device, quiet):
     """Score every checkpoint by FID and diversity, find the collapse onset, pick the best before it.
 
     \b
@@ -257,22 +273,50 @@ def evaluate(run, samples, real, features, inception_weights, num_samples, json_
     to each checkpoint's model), the run is tagged with the chosen and onset epochs, the ranking
     and a plot are logged, and the choice is registered as models:/facegan-generator@best.
     A second call scores only checkpoints not yet scored in the same feature space.
+
+    A checkpoint whose samples copy training images beyond what chance allows (compared with
+    held-out real images, or a split of the training set) is marked `memorised` and never chosen.
+
+    With --experiment NAME (or --run given several times) the runs form a study: every checkpoint
+    of every run is scored in one feature space against the same real images (runs trained on
+    different data are refused), each run gets its own choice, and the study's best (the lowest
+    FID among them) is registered; the study is logged as a run of its own with a comparison plot
+    and a table of runs.
     """
     from evaluation.ranking import write_json
     from facegan import evaluate as evaluating
 
-    if bool(run) == bool(samples):
-        raise FaceganError("give either --run RUN_ID|latest or --samples DIR (with --real)")
+    if sum(map(bool, (runs, experiment, samples))) != 1:
+        raise FaceganError("give one of --run RUN_ID|latest (several for a study), --experiment NAME, or --samples DIR "
+                           "(with --real)")
     if num_samples is not None and num_samples < 10:
         raise FaceganError(f"--num-samples must be at least 10, got {num_samples}")
     if samples:
         if not real:
             raise FaceganError("--samples needs --real FILE|FOLDER: the real images to compare with")
-        result = evaluating.evaluate_folders(samples, real, features=features, inception_weights=inception_weights,
+        result = evaluating.evaluate_folders(samples, real, features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
                                              num_samples=num_samples, device=device, progress=not quiet)
+    elif experiment or len(runs) > 1:
+        study = evaluating.evaluate_study(
+            list(runs), experiment, features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights, num_samples=num_samples,
+            real=real, tracking_uri=tracking_uri, force=force,
+            register=None if register.lower() == "none" else register, device=device, progress=not quiet,
+        )
+        for run in study.runs:
+            click.echo(f"== run {run.run_id} ({run.name}, {run.loss})")
+            click.echo(run.evaluation.render_table() + "\n")
+        click.echo(study.render_table())
+        click.echo(f"study logged as run {study.study_run_id}")
+        if study.registered:
+            click.echo(f"registered: {study.registered} (epoch {study.best.evaluation.best_epoch} of run "
+                       f"{study.best.run_id})")
+        if json_path:
+            write_json(study, json_path)
+            click.echo(f"wrote {json_path}")
+        return
     else:
         result = evaluating.evaluate_run(
-            run, features=features, inception_weights=inception_weights, num_samples=num_samples, real=real,
+            runs[0], features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights, num_samples=num_samples, real=real,
             tracking_uri=tracking_uri, force=force, register=None if register.lower() == "none" else register,
             device=device, progress=not quiet,
         )

@@ -8,6 +8,9 @@ one-line text of an error. Nothing here knows about configs, datasets, MLflow or
 from __future__ import annotations
 
 import math
+import pickle
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,3 +52,27 @@ def error_text(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def torch_load_failure(path: str | Path, exc: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in words a user can act on."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return "the file is empty"
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(4)
+    except OSError as error:
+        return f"it cannot be read ({error_text(error)})"
+    refused = isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc)
+    if refused and (start.startswith(b"\x80") or start.startswith(b"PK")):  # a pickle, bare or zipped by torch
+        return "it holds Python objects besides tensors and plain data, which are refused (loading them could run code)"
+    if start != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "it is not a PyTorch file"
+    if not zipfile.is_zipfile(path):
+        return "it is truncated (a PyTorch file cut short)"
+    return f"it is damaged ({error_text(exc)})"

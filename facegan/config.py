@@ -94,6 +94,7 @@ class EvaluateConfig:
     features: str = "none"  # none, or a feature space as `facegan evaluate --features` takes it
     num_samples: int = 2000  # samples per checkpoint, drawn from evaluate's fixed latents
     inception_weights: str | None = None  # local Inception weights for features = "inception" offline
+    dinov2_weights: str | None = None  # local DINOv2 weights for features = "dinov2" offline
     stop_on_collapse: bool = False  # stop once the collapse rule confirms an onset
     stop_patience: int | None = None  # stop after this many checkpoints in a row without a new best
     register: str | None = "facegan-generator"  # registered name for the final choice; none: skip

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from facegan.checkpoint import atomic_torch_save
+from facegan.common import torch_load_failure
 from facegan.dataset import DEFAULT_IMAGE_SIZE, Dataset, check_int, tensor_digest
 from facegan.errors import FaceganError
 from facegan.folders import DEFAULT_LIMIT, prepare_folder
@@ -46,6 +47,7 @@ def save_dataset(dataset: Dataset, path: str | Path) -> None:
         "version": FORMAT_VERSION,
         "images": images,
         "manifest": dataset.manifest,
+        "holdout": dataset.holdout,
         "labels": None
         if dataset.labels is None
         else {
@@ -73,9 +75,8 @@ def load_dataset(path: str | Path) -> Dataset:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for damaged files
         raise FaceganError(
-            f"cannot read {str(path)!r} as a facegan dataset: the file is damaged or of another "
-            f"kind ({type(error).__name__})"
-        ) from error
+            f"cannot read {str(path)!r} as a facegan dataset: {torch_load_failure(path, error)}"
+        ) from None
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found != FORMAT:
         raise FaceganError(
@@ -91,7 +92,7 @@ def load_dataset(path: str | Path) -> Dataset:
     try:
         if labels is not None:
             labels = {name: values.numpy() for name, values in labels.items()}
-        dataset = Dataset(payload.get("images"), payload.get("manifest"), labels)
+        dataset = Dataset(payload.get("images"), payload.get("manifest"), labels, payload.get("holdout"))
     except (AttributeError, TypeError, ValueError) as error:
         raise FaceganError(f"{str(path)!r} is a damaged facegan dataset: {error}") from error
     if dataset.manifest.get("digest") != dataset.digest:
@@ -172,4 +173,4 @@ def _first_images(dataset: Dataset, count: int) -> Dataset:
         "source_files": original.get("source_files", [])[:count],
         "subset_of": {"digest": original.get("digest"), "num_images": len(dataset)},
     }
-    return Dataset(images=images, manifest=manifest, labels=labels)
+    return Dataset(images=images, manifest=manifest, labels=labels, holdout=dataset.holdout)

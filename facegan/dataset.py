@@ -32,11 +32,15 @@ class Dataset:
             ``skipped_files``, ``num_images``, ``image_size``, ``digest`` and more.
         labels: for synthetic faces, attribute name -> int array of shape (N,) indexing
             ``SYNTHETIC_ATTRIBUTES[name]``; ``None`` for photos.
+        holdout: real images of the same data kept out of training (``facegan prepare --holdout``),
+            uint8 M x 3 x S x S, or ``None``. Evaluation uses them as the chance level of copying;
+            training never sees them, and they are not part of the digest.
     """
 
     images: torch.Tensor
     manifest: dict
     labels: dict[str, np.ndarray] | None = None
+    holdout: torch.Tensor | None = None
 
     def __post_init__(self):
         images = self.images
@@ -61,6 +65,12 @@ class Dataset:
             for name, values in self.labels.items():
                 if np.shape(values) != (images.shape[0],):
                     raise ValueError(f"labels {name!r} must have shape ({images.shape[0]},)")
+        if self.holdout is not None:
+            held = self.holdout
+            if not (isinstance(held, torch.Tensor) and held.dtype == torch.uint8 and held.ndim == 4
+                    and held.shape[1:] == images.shape[1:]):
+                raise ValueError(f"held-out images must be uint8 M x {' x '.join(map(str, images.shape[1:]))}")
+            self.holdout = held.cpu().contiguous()
 
     @property
     def digest(self) -> str:

@@ -13,6 +13,7 @@ the checkpoints and the real images come from:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -21,25 +22,44 @@ from evaluation.engine import DEFAULT_NUM_SAMPLES, RealImages, Scorer, evaluate,
 from evaluation.features import FeatureExtractor, get_extractor
 from evaluation.online import StopRule, TrainingJudge
 from evaluation.ranking import Evaluation
+from evaluation.study import Study, StudyRun, study_figure
 from evaluation.sources import sample_folders
 from facegan.common import select_device
 from facegan.config import Config
 from facegan.data import load_data, load_dataset
-from facegan.dataset import Dataset
+from facegan.dataset import Dataset, tensor_digest
 from facegan.errors import FaceganError
 from facegan.folders import prepare_folder
 from facegan.run_tracker import STOPPED_EPOCH_TAG
+from facegan.synthetic import synthetic_holdout
 
 # A real folder (--real) is read whole, as it is: no per-person limit, no crop.
 _ALL = 10**9
 
 
-def make_extractor(features: str, *, inception_weights: str | None, device: torch.device) -> FeatureExtractor:
+def make_extractor(features: str, *, inception_weights: str | None = None, dinov2_weights: str | None = None,
+                   device: torch.device) -> FeatureExtractor:
     """The feature space ``features`` names on ``device``; a clear error for a bad one."""
-    return get_extractor(features, inception_weights=inception_weights, device=str(device))
+    return get_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
+                         device=str(device))
+
+
+# Held-out images rendered for the built-in faces: enough for a chance level within about 0.3%.
+SYNTHETIC_HOLDOUT = 1000
 
 
 def real_images(dataset: Dataset) -> RealImages:
+    """The engine's real side for a dataset, with its held-out images: the split it was prepared
+    with, fresh renders for the built-in faces, else none (a split of the training images then
+    sets the chance level of copying)."""
+    if dataset.holdout is not None:
+        held = dataset.holdout
+        return RealImages(dataset.images, dataset.digest, holdout=lambda: held, holdout_id=tensor_digest(held))
+    if dataset.manifest.get("source") == "synthetic":
+        size, seed = dataset.images.shape[-1], int(dataset.manifest["parameters"]["seed"])
+        return RealImages(dataset.images, dataset.digest,
+                          holdout=lambda: synthetic_holdout(SYNTHETIC_HOLDOUT, size, seed),
+                          holdout_id=f"synthetic-holdout-{SYNTHETIC_HOLDOUT}-{size}-{seed}")
     return RealImages(dataset.images, dataset.digest)
 
 
@@ -77,6 +97,7 @@ def evaluate_run(
     *,
     features: str = "inception",
     inception_weights: str | None = None,
+    dinov2_weights: str | None = None,
     num_samples: int | None = None,
     real: str | None = None,
     tracking_uri: str | None = None,
@@ -98,7 +119,8 @@ def evaluate_run(
         if not checkpoints:
             raise FaceganError(f"run {source.run_id} has no generator checkpoints to evaluate "
                                "(they are logged every --checkpoint-every epochs and at the last epoch)")
-        extractor = make_extractor(features, inception_weights=inception_weights, device=torch_device)
+        extractor = make_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
+                                   device=torch_device)
         if num_samples is None:
             num_samples = source.scored_num_samples(space_label(extractor)) or DEFAULT_NUM_SAMPLES
         data = _run_data(checkpoints, real, progress)
@@ -122,12 +144,89 @@ def _run_data(checkpoints, real: str | None, progress: bool) -> Dataset:
     raise FaceganError("no checkpoint of the run could be read: " + "; ".join(errors))
 
 
+def evaluate_study(
+    runs: list[str],
+    experiment: str | None = None,
+    *,
+    features: str = "inception",
+    inception_weights: str | None = None,
+    dinov2_weights: str | None = None,
+    num_samples: int | None = None,
+    real: str | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+    register: str | None = "facegan-generator",
+    device: str = "auto",
+    progress: bool = True,
+) -> Study:
+    """Score every checkpoint of several runs (``runs``, or every training run of ``experiment``) in
+    one feature space against the same real images; pick each run's best and the study's best.
+
+    Each run is tagged and gets its table and plot as with :func:`evaluate_run` (nothing already
+    scored is scored again); the study is logged as a run of its own with a comparison plot and a
+    table of runs, and the study's best is registered. Runs trained on different data (their
+    dataset digests differ) are refused unless ``real`` names one set of real images for all.
+    """
+    from facegan.tracking import MlflowRunSource, connect, log_study, study_run_ids
+
+    client = connect(tracking_uri)
+    sources = [MlflowRunSource(client, run_id) for run_id in study_run_ids(client, runs, experiment)]
+    if real is None:
+        digests: dict[str, list[str]] = {}
+        for source in sources:
+            digests.setdefault(source.tag("facegan.dataset_digest") or "unknown", []).append(source.run_id)
+        if len(digests) > 1:
+            groups = "; ".join(f"data {digest[:12]}: runs {', '.join(ids)}" for digest, ids in digests.items())
+            raise FaceganError("these runs were trained on different data, so their scores would not be comparable ("
+                               f"{groups}); evaluate them separately, or pass --real FILE|FOLDER to score all of "
+                               "them against the same real images")
+    torch_device = select_device(device)
+    extractor = make_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
+                                   device=torch_device)
+    space = space_label(extractor)
+    if num_samples is None:  # the count the runs were already scored with, when they agree
+        counts = {s.scored_num_samples(space) for s in sources} - {None}
+        num_samples = counts.pop() if len(counts) == 1 else DEFAULT_NUM_SAMPLES
+    checkpoints = {s.run_id: s.checkpoints() for s in sources}
+    empty = [s.run_id for s in sources if not checkpoints[s.run_id]]
+    if empty:
+        raise FaceganError(f"run {', '.join(empty)} has no generator checkpoints to evaluate")
+    try:
+        data = _run_data([c for s in sources for c in checkpoints[s.run_id]], real, progress)
+        scorer = Scorer(extractor, real_images(data), num_samples, device=torch_device, progress=progress)
+        study_runs = []
+        for source in sources:
+            if progress:
+                print(f"run {source.run_id} ({source.run.info.run_name})", file=sys.stderr)
+            evaluation = evaluate(checkpoints[source.run_id], scorer, source, force=force, progress=progress,
+                                  what=f"checkpoint of {source.description}")
+            evaluation.run_id = source.run_id
+            record(source, evaluation, None)
+            study_runs.append(StudyRun(source.run_id, source.run.info.run_name or "",
+                                       source.run.data.params.get("train.loss", "?"), evaluation))
+        study = Study(space, extractor.note, num_samples, study_runs)
+        import matplotlib.pyplot as plt
+
+        figure = study_figure(study)
+        try:
+            log_study(client, study, figure, experiment_id=sources[0].run.info.experiment_id, register_name=register)
+        finally:
+            plt.close(figure)
+        for source in sources:
+            source.set_tags({"facegan.study_run_id": study.study_run_id})
+    finally:
+        for source in sources:
+            source.__exit__(None, None, None)
+    return study
+
+
 def evaluate_folders(
     samples: str,
     real: str,
     *,
     features: str = "inception",
     inception_weights: str | None = None,
+    dinov2_weights: str | None = None,
     num_samples: int | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -135,7 +234,8 @@ def evaluate_folders(
     """Score folders of samples, one per epoch, against real images; no MLflow involved."""
     checkpoints = sample_folders(samples)
     torch_device = select_device(device)
-    extractor = make_extractor(features, inception_weights=inception_weights, device=torch_device)
+    extractor = make_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
+                                   device=torch_device)
     data = load_real(real, checkpoints[0].image_size, progress)
     for checkpoint in checkpoints:  # read the samples at the real images' size
         checkpoint.image_size = data.images.shape[-1]
@@ -154,7 +254,8 @@ def training_scorer(cfg: Config, dataset: Dataset, *, progress: bool) -> Scorer 
     if not e.enabled:
         return None
     device = select_device(cfg.train.device)
-    extractor = make_extractor(e.features, inception_weights=e.inception_weights, device=device)
+    extractor = make_extractor(e.features, inception_weights=e.inception_weights, dinov2_weights=e.dinov2_weights,
+                               device=device)
     return Scorer(extractor, real_images(dataset), e.num_samples, device=device, progress=progress)
 
 

@@ -47,6 +47,7 @@ def prepare_folder(
     crop: float = DEFAULT_CROP,
     seed: int = 0,
     progress: bool = True,
+    holdout: int = 0,
 ) -> Dataset:
     """Make a dataset from a folder of photos with the seed's policy.
 
@@ -58,6 +59,10 @@ def prepare_folder(
     4. Keep the middle ``crop`` fraction of width and height (0.5: from 25% to 75%), resize to
        ``image_size`` x ``image_size`` (stretching non-square crops, as the seed does), after
        applying the EXIF orientation and converting any mode to RGB (transparency over white).
+    5. With ``holdout``, keep that many more images as a held-out split, taken in the same
+       shuffled order after the training images and only from people none of whose images are
+       in training: novel faces, the chance level against which evaluation tells copying. The
+       training images are the same with or without a held-out split.
 
     Args:
         source: the folder.
@@ -67,6 +72,7 @@ def prepare_folder(
         crop: kept fraction of width and height, in (0, 1].
         seed: shuffling seed; the same folder and arguments give the same bytes.
         progress: show a progress bar and a summary line on stderr.
+        holdout: how many held-out images to keep besides (0: none).
 
     Raises:
         FaceganError: bad arguments, a missing folder, or no readable image in it.
@@ -76,6 +82,7 @@ def prepare_folder(
     per_identity = check_int("images per identity", per_identity, 1)
     limit = check_int("image limit", limit, 1)
     seed = check_int("seed", seed, 0)
+    holdout = check_int("held-out images", holdout, 0)
     if isinstance(crop, bool) or not isinstance(crop, numbers.Real) or not 0 < crop <= 1:
         raise FaceganError(f"crop must be a fraction in (0, 1], got {crop!r}")
     if not folder.exists():
@@ -114,6 +121,18 @@ def prepare_folder(
             f"e.g. {skipped[0]['path']}: {skipped[0]['error']}"
         )
     images = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+    held, held_used = None, []
+    if holdout:
+        tried = set(used) | {entry["path"] for entry in skipped}
+        people = {relative.rpartition("/")[0] for relative in used}
+        rest = [c for c in candidates if c not in tried and c.rpartition("/")[0] not in people]
+        held_arrays, held_used, held_skipped = _decode_until(folder, rest, holdout, image_size, crop, False)
+        skipped += held_skipped
+        if len(held_arrays) < holdout:
+            print(f"warning: only {len(held_arrays)} held-out images from people not in training "
+                  f"(asked for {holdout})", file=sys.stderr)
+        if held_arrays:
+            held = torch.from_numpy(np.stack(held_arrays).transpose(0, 3, 1, 2).copy())
     manifest = make_manifest(
         images,
         source=str(folder.resolve()),
@@ -131,8 +150,9 @@ def prepare_folder(
         num_skipped=len(skipped),
         source_files=used,
         skipped_files=skipped,
+        **({"holdout": {"num_images": len(held_used), "source_files": held_used}} if holdout else {}),
     )
-    return Dataset(images=images, manifest=manifest)
+    return Dataset(images=images, manifest=manifest, holdout=held)
 
 
 def _find_images(folder: Path) -> list[str]:

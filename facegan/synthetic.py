@@ -114,6 +114,16 @@ def synthetic_faces(
     return Dataset(images=images, manifest=manifest, labels=labels)
 
 
+# Held-out synthetic faces are drawn from seeds this far from the training draw's, so they are
+# novel faces of the same distribution, never the training images themselves.
+HOLDOUT_SEED_OFFSET = 1 << 20
+
+
+def synthetic_holdout(num_images: int, image_size: int, seed: int) -> torch.Tensor:
+    """Fresh faces of the same distribution as ``synthetic_faces(..., seed)``, for held-out comparisons."""
+    return synthetic_faces(num_images, image_size, seed + HOLDOUT_SEED_OFFSET).images
+
+
 def render_faces(
     attributes: dict[str, np.ndarray], image_size: int, rng: np.random.Generator
 ) -> np.ndarray:

@@ -348,7 +348,8 @@ class RunCheckpoint:
         if self._path is None:
             self._path = resolve_model(f"models:/{self.model_id}", self.source.tracking_uri,
                                        self.source.scratch / self.model_id)
-        return load_generator(self._path)
+        # Named by run and epoch: the downloaded copy's scratch path means nothing to a user.
+        return load_generator(self._path, name=f"checkpoint {self.label} (epoch {self.epoch}) of run {self.source.run_id}")
 
     def samples(self, num_samples, device):
         from evaluation.engine import generator_batches
@@ -453,6 +454,9 @@ class MlflowRunSource:
             "facegan.collapse_epoch": "none" if onset is None else str(onset),
             "facegan.best_model_id": str(best.model_id),
             "facegan.evaluation_features": evaluation.features,
+            "facegan.memorisation_epoch": ("none" if evaluation.memorisation is None
+                                           or evaluation.memorisation.onset_epoch is None
+                                           else str(evaluation.memorisation.onset_epoch)),
         })
 
     def record(self, evaluation, figure, register_name: str | None) -> str | None:
@@ -472,6 +476,49 @@ class MlflowRunSource:
         evaluation.registered = registered
         self.client.log_dict(self.run_id, evaluation.to_json(), f"evaluation/{space}_summary.json")
         return registered
+
+
+def study_run_ids(client: MlflowClient, runs: list[str], experiment: str | None) -> list[str]:
+    """The training runs of a study: the given ids (``latest`` allowed), or every training run of
+    ``experiment`` in the order they started."""
+    if experiment is None:
+        return [latest_run_id(client) if run == "latest" else get_run(client, run).info.run_id for run in runs]
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise FaceganError(f"no experiment named {experiment!r} in {mlflow.get_tracking_uri()} (there are: {names})")
+    found_runs = client.search_runs([found.experiment_id], filter_string="tags.`facegan.kind` = 'train'",
+                                    order_by=["attributes.start_time ASC"], max_results=1000)
+    if not found_runs:
+        raise FaceganError(f"experiment {experiment!r} has no facegan training runs")
+    return [r.info.run_id for r in found_runs]
+
+
+def log_study(client: MlflowClient, study, figure, *, experiment_id: str, register_name: str | None) -> tuple[str, str | None]:
+    """The study as a run of its own (tag ``facegan.kind=study``): the runs' table, the comparison
+    plot and the summary; the study's best registered. Returns (study run id, registered URI)."""
+    best = study.best
+    run = client.create_run(experiment_id, run_name=f"study-{study.features}",
+                            tags={"facegan.kind": "study", "facegan.study_best_run": best.run_id,
+                                  "facegan.study_best_epoch": str(best.evaluation.best_epoch),
+                                  "facegan.evaluation_features": study.features})
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[mlflow.entities.Param("features", study.features),
+                                         mlflow.entities.Param("num_samples", str(study.num_samples)),
+                                         mlflow.entities.Param("runs", ",".join(r.run_id for r in study.runs)[:6000])])
+        client.log_table(run_id, data=study.table_columns(), artifact_file=f"study/{study.features}_runs.json")
+        client.log_figure(run_id, figure, f"study/{study.features}_comparison.png")
+        registered = None
+        if register_name:
+            registered = register_generator(client, best.best, register_name, best.run_id)
+        study.study_run_id, study.registered = run_id, registered
+        client.log_dict(run_id, study.to_json(), f"study/{study.features}_summary.json")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id, registered
 
 
 def register_generator(client: MlflowClient, ref, name: str, run_id: str) -> str:

@@ -108,7 +108,7 @@ def check_replay(path, monkeypatch, capsys):
     assert "| collapsing-seed0 | encoder |" in capsys.readouterr().out
 
     # A changed rule is what gets replayed: here one that always keeps the last checkpoint.
-    monkeypatch.setattr(replay_rule, "choose_best", lambda cps, res: Choice(cps[-1]["epoch"], "last", []))
+    monkeypatch.setattr(replay_rule, "choose_best", lambda cps, *rules: Choice(cps[-1]["epoch"], "last", []))
     runs, _ = replay_rule.replay(stored)
     assert all(r["picks"]["facegan"] == r["picks"]["last"] for r in runs)
 
@@ -182,6 +182,36 @@ def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
         ground_truth_noise.main([str(tmp_path / "other.json"), "--tracking-uri", tracking_uri])
     assert exit_info.value.code == 2 and "is not a collapse benchmark result" in capsys.readouterr().err
     assert not (tmp_path / "absent.db").exists() and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_online_and_copying(tmp_path, monkeypatch, capsys, tracking_uri):
+    """--online trains each run with in-training evaluation and compares with `evaluate` afterwards;
+    --copying scores the copying ladders. At the tiny scale these check the bookkeeping, not the rule."""
+    monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    online = bench.main(["--tiny", "--online", "--tracking-uri", tracking_uri, "--out", str(out)])
+    assert [(r["run"], r["features"]) for r in online["runs"]] == [("collapsing-seed0", "random"),
+                                                                  ("collapsing-seed0", "encoder")]
+    for run in online["runs"]:
+        assert run["planned_epochs"] == 3 and run["trained_epochs"] == (run["stopped_epoch"] or 3)
+        assert run["choice_equals_offline"] and run["max_relative_score_difference"] == 0.0
+        assert run["epochs_saved_share"] == pytest.approx(1 - run["trained_epochs"] / 3, abs=1e-3)
+        assert run["designed_collapse_checkpoint"] == 2  # collapse_after=1: the first checkpoint after it
+    assert {"random.stable_runs_do_not_stop", "encoder.choice_equals_offline_evaluate"} <= set(online["targets"])
+    assert json.loads((out / "collapse_benchmark-tiny-online.json").read_text())["runs"] == json.loads(
+        json.dumps(online["runs"]))
+    assert "in-training evaluation" in (out / "collapse_benchmark-tiny-online.md").read_text()
+
+    copying = bench.main(["--tiny", "--copying", "--tracking-uri", tracking_uri, "--out", str(out)])
+    ladder = copying["copying"]["faces"]["random"]["exact"]
+    assert [p["copied_share"] for p in ladder["points"]] == list(bench.COPY_SHARES)
+    shares = [p["memorised_share"] for p in ladder["points"]]
+    assert shares == sorted(shares) and shares[-1] == 1.0  # all copied: every sample sits on a training image
+    assert ladder["spearman"] > 0.99 and not ladder["flagged_at_zero"]
+    assert ladder["first_flagged_share"] is not None and ladder["first_flagged_share"] <= 0.25
+    assert (out / "collapse_benchmark-tiny-copying.md").read_text().startswith("# Collapse benchmark, copying")
+    capsys.readouterr()
 
 
 def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():

@@ -304,6 +304,28 @@ def test_prepare_policy_per_identity_shuffle_and_limit(people):
     assert len(three.manifest["source_files"]) == 18
 
 
+def test_prepare_keeps_a_held_out_split_of_people_not_in_training(people, tmp_path, capsys):
+    plain = prepare_folder(people, image_size=8, per_identity=2, limit=4, progress=False)
+    split = prepare_folder(people, image_size=8, per_identity=2, limit=4, progress=False, holdout=3)
+    # the same training images with or without a held-out split
+    assert torch.equal(plain.images, split.images) and plain.digest == split.digest
+    assert split.holdout.shape == (3, 3, 8, 8) and plain.holdout is None
+    trained = {name.split("/")[0] for name in split.manifest["source_files"]}
+    held = split.manifest["holdout"]["source_files"]
+    assert len(held) == 3 and not trained & {name.split("/")[0] for name in held}
+    for name, image in zip(held, split.holdout):  # the held-out pixels are those files'
+        person, index = int(name[6]), int(name[-5])
+        assert np.allclose(image[:, 0, 0].numpy(), (40 * person, 60 * index, 7))
+    # a file keeps them; loading keeps them through a subset of the training images
+    save_dataset(split, tmp_path / "split.pt")
+    loaded = load_dataset(tmp_path / "split.pt")
+    assert torch.equal(loaded.holdout, split.holdout) and loaded.digest == split.digest
+    assert torch.equal(load_data(str(tmp_path / "split.pt"), num_images=2, image_size=8).holdout, split.holdout)
+    # asking for more than the other people have says so
+    prepare_folder(people, image_size=8, per_identity=2, limit=8, progress=False, holdout=10)
+    assert "only" in capsys.readouterr().err
+
+
 def test_prepare_is_deterministic_in_the_seed(people):
     first = prepare_folder(people, image_size=8, seed=3, progress=False)
     again = prepare_folder(people, image_size=8, seed=3, progress=False)
@@ -438,13 +460,13 @@ def test_load_rejects_damaged_and_foreign_files(tmp_path):
     }
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:2000])
-    cases["truncated"] = (truncated, "damaged or of another kind")
+    cases["truncated"] = (truncated, "it is truncated")
     noise = tmp_path / "noise.pt"
     noise.write_bytes(np.random.default_rng(1).bytes(3000))
-    cases["noise"] = (noise, "damaged or of another kind")
+    cases["noise"] = (noise, "it is not a PyTorch file")
     code = tmp_path / "code.pt"
     code.write_bytes(pickle.dumps(Dataset, protocol=2))  # a pickle that would import code: refused
-    cases["pickle"] = (code, "damaged or of another kind")
+    cases["pickle"] = (code, "refused")
     other = tmp_path / "weights.pt"
     torch.save({"weight": torch.ones(3)}, other)
     cases["other kind"] = (other, "not a facegan dataset")

@@ -44,8 +44,8 @@ def test_resize_is_antialiased_bilinear_and_skips_matching_sizes():
 
 
 def test_specs_and_unknown_spec():
-    assert extractor_specs() == ["inception", "random", "torchscript:PATH"]
-    with pytest.raises(FaceganError, match="inception, random, torchscript:PATH"):
+    assert extractor_specs() == ["dinov2", "inception", "random", "torchscript:PATH"]
+    with pytest.raises(FaceganError, match="dinov2, inception, random, torchscript:PATH"):
         get_extractor("vgg")
 
 
@@ -87,7 +87,7 @@ def test_registry_checks_what_it_registers():
         register_extractor("nodevice")(NoDevice)
     with pytest.raises(TypeError, match="one positional argument"):
         register_extractor("needspath", argument="PATH")(RandomCNNExtractor)
-    assert extractor_specs() == ["inception", "random", "torchscript:PATH"]
+    assert extractor_specs() == ["dinov2", "inception", "random", "torchscript:PATH"]
 
 
 # --- random ---------------------------------------------------------------------------------------
@@ -366,3 +366,64 @@ def test_random_extractor_pooling_equals_torch_std_mean():
     expected_std, expected_mean = torch.std_mean(x, dim=(2, 3))
     torch.testing.assert_close(mean, expected_mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(std, expected_std, rtol=1e-6, atol=1e-6)
+
+
+# --- dinov2 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dinov2_loads_a_weights_file_and_gives_the_networks_class_token(tmp_path, monkeypatch):
+    import timm
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from evaluation.features import DINOV2_MODEL, DinoV2Extractor
+
+    torch.manual_seed(0)
+    network = timm.create_model(DINOV2_MODEL, pretrained=False, img_size=224, num_classes=0).eval()
+    weights = tmp_path / "dinov2.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
+    extractor = get_extractor("dinov2", dinov2_weights=weights)
+    assert isinstance(extractor, DinoV2Extractor) and extractor.dim == 768 and not extractor.comparable_to_published
+    images = random_images(3, size=80)
+    # The reference: the same network on images resized and normalised by hand (ImageNet statistics).
+    x = F.interpolate(images.float() / 255, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = network(x).double().numpy()
+    np.testing.assert_allclose(extractor.extract(images), expected, rtol=1e-4, atol=1e-5)
+    # The environment variable names the file as well; the identity follows the file's bytes.
+    monkeypatch.setenv("FACEGAN_DINOV2_WEIGHTS", str(weights))
+    assert get_extractor("dinov2").identity == extractor.identity
+
+    # Published weights sit on a 518 x 518 grid: they load, their position embeddings resampled to 224.
+    published = timm.create_model(DINOV2_MODEL, pretrained=False, num_classes=0)
+    big = tmp_path / "dinov2-518.safetensors"
+    save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(big))
+    assert get_extractor("dinov2", dinov2_weights=big).extract(images).shape == (3, 768)
+
+
+def test_dinov2_errors_name_the_options(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.delenv("FACEGAN_DINOV2_WEIGHTS", raising=False)
+    with pytest.raises(FaceganError, match="DINOv2 weights file not found"):
+        get_extractor("dinov2", dinov2_weights=tmp_path / "missing.safetensors")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(FaceganError, match="does not hold the DINOv2 ViT-B/14 weights"):
+        get_extractor("dinov2", dinov2_weights=foreign)
+    with pytest.raises(FaceganError, match="--dinov2-weights applies only to --features dinov2"):
+        get_extractor("random", dinov2_weights=foreign)
+    # No file, nothing cached, no network: one clear error at once, naming the offline options.
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(FaceganError, match="--dinov2-weights FILE or the environment variable FACEGAN_DINOV2_WEIGHTS"):
+        get_extractor("dinov2")
