@@ -169,7 +169,7 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     from facegan import tracking
     from facegan.config import Config, load_config, parse_override, resolve
     from facegan.data import load_data
-    from facegan.evaluate import training_judge, training_scorer
+    from facegan.evaluate import training_extractor, training_judge, training_scorer
     from facegan.training import fetch_resume_payload, train as run_training
 
     settings = dict(parse_override(text) for text in overrides)
@@ -193,10 +193,11 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
         payload = None
         tracking.connect(cfg.tracking.tracking_uri)  # an unreachable store fails before any work
 
+    # Before the data and the run: a bad --evaluate value or missing weights fail in seconds.
+    extractor = training_extractor(cfg)
     dataset = load_data(cfg.data.source, num_images=cfg.data.num_images, image_size=cfg.model.image_size,
                         seed=cfg.data.seed, progress=not quiet)
-    # Before the run exists: a bad --evaluate value or missing weights fail before any training.
-    scorer = training_scorer(cfg, dataset, progress=not quiet)
+    scorer = training_scorer(cfg, dataset, extractor=extractor, progress=not quiet)
     if payload is None:
         tracker = tracking.MlflowRunTracker.start(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)

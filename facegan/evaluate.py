@@ -244,19 +244,30 @@ def evaluate_folders(
     return evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
 
 
-def training_scorer(cfg: Config, dataset: Dataset, *, progress: bool) -> Scorer | None:
+def training_extractor(cfg: Config) -> FeatureExtractor | None:
+    """The feature network of ``facegan train --evaluate`` (None when it is off), on the training
+    device: built first, so a bad value, a missing file or missing weights fail in seconds."""
+    e = cfg.evaluate
+    if not e.enabled:
+        return None
+    return make_extractor(e.features, inception_weights=e.inception_weights, dinov2_weights=e.dinov2_weights,
+                          device=select_device(cfg.train.device))
+
+
+def training_scorer(cfg: Config, dataset: Dataset, *, extractor: FeatureExtractor | None = None,
+                    progress: bool) -> Scorer | None:
     """The scorer of ``facegan train --evaluate`` (None when it is off), on the training device.
 
-    Built before the run starts: a bad ``--evaluate`` value, a missing file or missing weights
-    fail before any training, and the real features are computed (or read from the cache) once.
+    Built before the run starts, so nothing is trained with a scorer that cannot work, and the
+    real features are computed (or read from the cache) once. ``extractor``: one already built
+    by :func:`training_extractor`.
     """
     e = cfg.evaluate
     if not e.enabled:
         return None
-    device = select_device(cfg.train.device)
-    extractor = make_extractor(e.features, inception_weights=e.inception_weights, dinov2_weights=e.dinov2_weights,
-                               device=device)
-    return Scorer(extractor, real_images(dataset), e.num_samples, device=device, progress=progress)
+    extractor = extractor if extractor is not None else training_extractor(cfg)
+    return Scorer(extractor, real_images(dataset), e.num_samples, device=select_device(cfg.train.device),
+                  progress=progress)
 
 
 def training_judge(cfg: Config, scorer: Scorer, source, *, progress: bool) -> TrainingJudge:
