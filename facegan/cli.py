@@ -166,14 +166,17 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     again for the same onset. Config keys: [evaluate] features, num_samples, stop_on_collapse,
     stop_patience, inception_weights, dinov2_weights, register.
     """
-    from facegan import tracking
     from facegan.config import Config, load_config, parse_override, resolve
-    from facegan.data import load_data
-    from facegan.evaluate import training_extractor, training_judge, training_scorer
-    from facegan.training import fetch_resume_payload, train as run_training
 
     settings = dict(parse_override(text) for text in overrides)
     settings.update({_TRAIN_OPTIONS[name]: value for name, value in options.items() if value is not None})
+    if not resume_run_id:
+        cfg = load_config(config_file, settings)  # a bad file or value fails before torch and mlflow load
+
+    from facegan import tracking
+    from facegan.data import load_data
+    from facegan.evaluate import training_extractor, training_judge, training_scorer
+    from facegan.training import fetch_resume_payload, train as run_training
 
     if resume_run_id:
         if config_file:
@@ -189,7 +192,6 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
         cfg = resolve(cfg)
         click.echo(f"resuming run {resume_run_id} from epoch {payload['epoch']} of {cfg.train.epochs}", err=True)
     else:
-        cfg = load_config(config_file, settings)
         payload = None
         tracking.connect(cfg.tracking.tracking_uri)  # an unreachable store fails before any work
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facegan.errors import FaceganError
-from facegan.models import NetworkConfig
+from facegan.architecture import NetworkConfig
 
 LOSSES = ("dcgan", "wgan", "wgan-gp")
 SCHEDULES = ("adaptive", "fixed")

@@ -9,55 +9,17 @@ makes it redundant).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from facegan.errors import FaceganError
-
-# (base, doublings) for every supported image size.
-_LAYOUTS = {b * 2**n: (b, n) for b in (4, 5) for n in (3, 4, 5)}
-SUPPORTED_IMAGE_SIZES = tuple(sorted(_LAYOUTS))
-GENERATOR_NORMS = ("batch", "none")
-DISCRIMINATOR_NORMS = ("batch", "instance", "none")
-
-
-def _layout(image_size: int) -> tuple[int, int]:
-    if image_size not in _LAYOUTS:
-        sizes = ", ".join(str(s) for s in SUPPORTED_IMAGE_SIZES)
-        raise FaceganError(f"unsupported image size {image_size}; supported sizes: {sizes}")
-    return _LAYOUTS[image_size]
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """Everything needed to rebuild both networks; stored in every checkpoint."""
-
-    image_size: int = 80
-    latent_dim: int = 128
-    g_width: int = 64
-    d_width: int = 64
-    g_norm: str = "batch"
-    d_norm: str = "batch"
-
-    def validate(self) -> "NetworkConfig":
-        _layout(self.image_size)
-        for name in ("latent_dim", "g_width", "d_width"):
-            if getattr(self, name) < 1:
-                raise FaceganError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
-        if self.g_norm not in GENERATOR_NORMS:
-            raise FaceganError(f"model.g_norm must be one of {', '.join(GENERATOR_NORMS)}; got {self.g_norm!r}")
-        if self.d_norm not in DISCRIMINATOR_NORMS:
-            raise FaceganError(
-                f"model.d_norm must be one of {', '.join(DISCRIMINATOR_NORMS)}; got {self.d_norm!r}"
-            )
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+from facegan.architecture import (  # noqa: F401  (re-exported: the networks' public names)
+    DISCRIMINATOR_NORMS,
+    GENERATOR_NORMS,
+    SUPPORTED_IMAGE_SIZES,
+    NetworkConfig,
+    layout,
+)
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
@@ -109,7 +71,7 @@ class Generator(nn.Module):
     def __init__(self, image_size: int = 80, latent_dim: int = 128, width: int = 64, norm: str = "batch"):
         super().__init__()
         NetworkConfig(image_size=image_size, latent_dim=latent_dim, g_width=width, g_norm=norm).validate()
-        base, doublings = _layout(image_size)
+        base, doublings = layout(image_size)
         self.image_size, self.latent_dim = image_size, latent_dim
         channels = [width * 2 ** (doublings - 1 - i) for i in range(doublings)]
         layers: list[nn.Module] = [
@@ -146,7 +108,7 @@ class Discriminator(nn.Module):
     def __init__(self, image_size: int = 80, width: int = 64, norm: str = "batch"):
         super().__init__()
         NetworkConfig(image_size=image_size, d_width=width, d_norm=norm).validate()
-        base, doublings = _layout(image_size)
+        base, doublings = layout(image_size)
         self.image_size = image_size
         channels = [width * 2**i for i in range(doublings)]
         # The first layer has no norm, as in DCGAN: normalising the raw image throws away colour.
