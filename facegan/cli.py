@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -35,9 +36,9 @@ def main():
 
     \b
     Typical session:
-      facegan train --config experiments/quick.toml      # train, tracked in MLflow
-      facegan evaluate --run latest                      # score checkpoints, pick the best
-      mlflow ui --backend-store-uri sqlite:///mlflow.db  # browse (under "Model training")
+      facegan train --config experiments/quick.toml --evaluate random  # train, scored as it goes
+      facegan evaluate --run latest --features inception # standard FID (downloads weights once)
+      mlflow ui --backend-store-uri sqlite:///mlflow.db  # browse (under "Model training"; .venv/bin/mlflow)
       facegan serve --model models:/facegan-generator@best
     """
 
@@ -225,8 +226,14 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
         click.echo(f"stopped early at epoch {trainer.epoch} of {cfg.train.epochs}: {trainer.stopped[1]}; "
                    f"to train on anyway: facegan train --resume {tracker.run_id}", err=True)
     if uri.startswith("sqlite:"):
-        click.echo(f"browse: mlflow ui --backend-store-uri {uri}  (then open \"Model training\")", err=True)
+        click.echo(f"browse: {_mlflow_command()} ui --backend-store-uri {uri}  (then open \"Model training\")", err=True)
     click.echo(f"run_id: {tracker.run_id}")
+
+
+def _mlflow_command() -> str:
+    """The `mlflow` beside this interpreter (a venv's is not on PATH unless it is activated)."""
+    beside = Path(sys.executable).with_name("mlflow")
+    return str(beside) if beside.is_file() else "mlflow"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,8 +26,20 @@ def tracking_uri(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     from facegan import tracking
 
-    tracking.connect(uri)
+    # MLflow puts a new experiment's artifacts under ./mlruns of the current folder: not the checkout.
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        tracking.connect(uri)
+    finally:
+        os.chdir(here)
     return uri
+
+
+@pytest.fixture(autouse=True)
+def _scratch_folder(tmp_path, monkeypatch):
+    """Every test runs in its own scratch folder, so nothing it or MLflow writes lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -25,6 +26,8 @@ def test_train_logs_the_mlflow_layout_and_resumes(cli, tracking_uri):
     proc = cli("train", *TINY_TRAIN, "--loss", "wgan-gp", "--epochs", 3, "--checkpoint-every", 2,
                "--experiment", "e2e", "--run-name", "tiny", "--tracking-uri", tracking_uri)
     run_id = run_id_of(proc)
+    # The hint names the mlflow beside facegan: a venv's is not on PATH unless it is activated.
+    assert f"browse: {Path(FACEGAN).with_name('mlflow')} ui --backend-store-uri {tracking_uri}" in proc.stderr
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
