@@ -43,7 +43,7 @@ from evaluation.collapse import choose_best, detect_collapse
 from evaluation.features import FeatureExtractor
 from evaluation.memorisation import detect_memorisation
 from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, memorised_share, score
-from evaluation.ranking import Evaluation, Scored, scores_figure
+from evaluation.ranking import Evaluation, Scored, pyplot, scores_figure
 from facegan.common import to_uint8
 from facegan.errors import FaceganError
 
@@ -331,8 +331,7 @@ def evaluate(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog | 
 
 def record(log: DecisionLog, evaluation: Evaluation, register_name: str | None) -> str | None:
     """Hand the whole result to ``log`` (table, plot, summary, registered choice); returns the registered URI."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure = scores_figure(evaluation)
     try:
         evaluation.registered = log.record(evaluation, figure, register_name)

@@ -244,11 +244,18 @@ def _kernel_subset_sums(x: np.ndarray, y: np.ndarray, x_member: np.ndarray, y_me
     """
     dim = x.shape[1]
     gram = gram or _Gram()
+    # When every x-subset is the whole of x (as many samples as the subset size, the usual case
+    # while training), each subset's sum is its y-members' share of the kernel's column sums.
+    whole_x = bool(x_member.all())
     sums = np.zeros(x_member.shape[0])
+    column_sums = np.zeros(len(y))
     for rows in _row_blocks(len(x), len(y)):
         kernel = (gram.rows(x, y, rows) / dim + 1.0) ** 3
-        sums += np.einsum("sj,sj->s", x_member[:, rows] @ kernel, y_member)
-    return sums
+        if whole_x:
+            column_sums += kernel.sum(axis=0)
+        else:
+            sums += np.einsum("sj,sj->s", x_member[:, rows] @ kernel, y_member)
+    return y_member @ column_sums if whole_x else sums
 
 
 def _kernel_offdiagonal_sums(x: np.ndarray, index: np.ndarray, gram: _Gram | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evaluation.ranking import Evaluation
+from evaluation.ranking import Evaluation, pyplot
 
 
 @dataclass
@@ -82,11 +82,7 @@ class Study:
 
 def study_figure(study: Study):
     """FID and diversity against epoch, one line per run; onsets dashed, choices starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), dpi=110, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(study.runs):

@@ -21,7 +21,7 @@ import torch
 from evaluation.engine import DEFAULT_NUM_SAMPLES, RealImages, Scorer, evaluate, record, space_label
 from evaluation.features import FeatureExtractor, get_extractor
 from evaluation.online import StopRule, TrainingJudge
-from evaluation.ranking import Evaluation
+from evaluation.ranking import Evaluation, preload_pyplot, pyplot
 from evaluation.study import Study, StudyRun, study_figure
 from evaluation.sources import sample_folders
 from facegan.common import select_device
@@ -205,8 +205,7 @@ def evaluate_study(
             study_runs.append(StudyRun(source.run_id, source.run.info.run_name or "",
                                        source.run.data.params.get("train.loss", "?"), evaluation))
         study = Study(space, extractor.note, num_samples, study_runs)
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         figure = study_figure(study)
         try:
             log_study(client, study, figure, experiment_id=sources[0].run.info.experiment_id, register_name=register)
@@ -281,6 +280,7 @@ def training_judge(cfg: Config, scorer: Scorer, source, *, progress: bool) -> Tr
     rule = StopRule(on_collapse=e.stop_on_collapse, patience=e.stop_patience,
                     after_epoch=int(stopped) if stopped else 0)
     judge = TrainingJudge(scorer, source, rule=rule, register=e.register)
+    preload_pyplot()  # the scores plot at the end of the run
     earlier = source.checkpoints()
     if earlier:
         judge.resume(earlier, progress=progress)
