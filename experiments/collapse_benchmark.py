@@ -381,7 +381,7 @@ def train_online(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str, feat
                 "evaluate.stop_on_collapse": True, "evaluate.register": None}
 
     def judge_for(cfg, data):
-        source = MlflowRunSource(tracker.client, tracker.run_id)  # a new run: nothing to download
+        source = MlflowRunSource(tracker.client, tracker.run_id, writer=tracker)  # a new run: nothing to download
         return training_judge(cfg, training_scorer(cfg, data, progress=False), source, progress=False)
 
     trainer = train_into(tracker, spec, seed, scale, {**BASE_OVERRIDES, **evaluate}, judge_for=judge_for)

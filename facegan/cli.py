@@ -115,7 +115,7 @@ _TRAIN_OPTIONS = {
 # checkpoints are judged may change: a user who disagrees with a stop continues without it.
 _RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri", "evaluate.features", "evaluate.num_samples",
               "evaluate.inception_weights", "evaluate.dinov2_weights", "evaluate.stop_on_collapse", "evaluate.stop_patience",
-              "evaluate.register"}
+              "evaluate.register", "tracking.send_timeout"}
 _FEATURES_HELP = ("inception (standard FID; downloads weights once), dinov2 (DINOv2 ViT-B/14, as Stein et al. "
                   "2023 recommend; downloads weights once), random (offline, ranks within a study only) or "
                   "torchscript:PATH (your own network, or one from `facegan encoder`)")
@@ -167,7 +167,7 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     again for the same onset. Config keys: [evaluate] features, num_samples, stop_on_collapse,
     stop_patience, inception_weights, dinov2_weights, register.
     """
-    from facegan.config import Config, load_config, parse_override, resolve
+    from facegan.config import Config, load_config, parse_override, with_overrides
 
     settings = dict(parse_override(text) for text in overrides)
     settings.update({_TRAIN_OPTIONS[name]: value for name, value in options.items() if value is not None})
@@ -187,10 +187,7 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
             raise FaceganError(f"cannot change {', '.join(fixed)} when resuming; only --epochs and --device may change")
         tracker = tracking.MlflowRunTracker.reopen(settings.get("tracking.tracking_uri"), resume_run_id)
         payload = fetch_resume_payload(tracker)
-        cfg = Config.from_dict(payload["config"])
-        for key, value in settings.items():
-            setattr(getattr(cfg, key.split(".")[0]), key.split(".")[1], value)
-        cfg = resolve(cfg)
+        cfg = with_overrides(Config.from_dict(payload["config"]), settings)
         click.echo(f"resuming run {resume_run_id} from epoch {payload['epoch']} of {cfg.train.epochs}", err=True)
     else:
         payload = None
@@ -208,7 +205,8 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
                f"{cfg.train.loss}, {dataset.images.shape[0]} images of {cfg.model.image_size}px, "
                f"{cfg.train.epochs} epochs"
                + (f"; scoring every checkpoint ({scorer.space} features)" if scorer is not None else ""), err=True)
-    with tracking.MlflowRunSource(tracker.client, tracker.run_id) as source:
+    tracker.send_timeout = cfg.tracking.send_timeout
+    with tracking.MlflowRunSource(tracker.client, tracker.run_id, writer=tracker) as source:
         judge = None if scorer is None else training_judge(cfg, scorer, source, progress=not quiet)
         try:
             trainer = run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet, judge=judge)
@@ -234,6 +232,39 @@ def _mlflow_command() -> str:
     """The `mlflow` beside this interpreter (a venv's is not on PATH unless it is activated)."""
     beside = Path(sys.executable).with_name("mlflow")
     return str(beside) if beside.is_file() else "mlflow"
+
+
+# ----------------------------------------------------------------------------------------------
+# sync
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--folder", type=click.Path(file_okay=False), metavar="DIR",
+              help="The run's unsent folder [default: ./facegan-unsent-RUN_ID, where `facegan train` left it].")
+@click.option("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@friendly_errors
+def sync(run_id, folder, tracking_uri):
+    """Send what a training run could not send while its tracking store was away.
+
+    A run that ends while the store is away waits --set tracking.send_timeout seconds (default
+    120), then keeps what is left (metrics, sample grids, checkpoints, the resume state, the
+    run's status) in ./facegan-unsent-RUN_ID/. This sends it, in the order it was logged, and
+    removes the folder; nothing already in the store is sent twice. `facegan train --resume`
+    and `facegan evaluate --run` of that run do the same first.
+    """
+    from facegan import tracking
+
+    path = Path(folder) if folder else tracking.unsent_folder(run_id)
+    if not path.is_dir():
+        raise FaceganError(f"no unsent folder {path}/ for run {run_id}: nothing to send")
+    client = tracking.connect(tracking_uri)
+    tracking.get_run(client, run_id)
+    sent, left = tracking.sync_unsent(client, run_id, path)
+    if left:
+        raise FaceganError(f"sent {sent} records; {left} are still in {path}/ (run facegan sync {run_id} again "
+                           "once the store answers)")
+    click.echo(f"sent {sent} records of run {run_id} to {tracking.resolve_tracking_uri(tracking_uri)}", err=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ class TrackingConfig:
     sample_every: int = 1  # epochs between sample grids
     resume_every: int = 10  # epochs between resume states (the seed's 10)
     num_samples: int = 100  # fixed latents in the sample grid
+    send_timeout: float = 120.0  # seconds a finished run waits for a tracking store that is away
 
 
 @dataclass
@@ -220,6 +221,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
     return resolve(cfg)
 
 
+def with_overrides(cfg: Config, overrides: dict[str, object]) -> Config:
+    """``cfg`` (e.g. a resumed run's) with ``overrides`` applied through the same checks as
+    ``--set`` (known key, right type), then validated again; changes ``cfg`` in place."""
+    for key, value in overrides.items():
+        _assign(cfg, key, value)
+    return resolve(cfg)
+
+
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise FaceganError(f"{key} must be one of {', '.join(options)}; got {value!r}")
@@ -259,6 +268,7 @@ def resolve(cfg: Config) -> Config:
     _positive("data.num_images", d.num_images)
     for key in ("checkpoint_every", "sample_every", "resume_every", "num_samples"):
         _positive(f"tracking.{key}", getattr(k, key))
+    _positive("tracking.send_timeout", k.send_timeout, allow_zero=True)
     if not k.experiment:
         raise FaceganError("tracking.experiment may not be empty")
     m.network()  # validates image size, widths and norms

@@ -7,19 +7,19 @@ The training loop talks to a small tracker interface (:class:`facegan.run_tracke
 - input: the dataset, with a digest of the whole uint8 tensor;
 - metrics: ``step=epoch``; sample grids: ``log_image(key="samples", step=epoch)``, step 0 too;
 - generator checkpoints: LoggedModels named ``generator-epoch-0100`` with param ``epoch``, linked
-  to the run at ``step=epoch``; a state_dict file, not ``mlflow.pytorch.log_model`` (seconds each);
+  to the run at ``step=epoch``: the checkpoint file and hand-written pyfunc files
+  (:func:`write_pyfunc_files`), not ``mlflow.pytorch.log_model`` (seconds each);
 - resume state: run artifact ``resume/state.pt``.
 
-A remote server that goes away must not stall or kill training: requests retry briefly, metrics
-that cannot be sent are kept and re-sent with the next batch, and whatever is still unsent at the
-end is written to a local JSON file (nothing is lost).
+A store that goes away must neither stall nor kill training: what the loop logs is sent by a
+background thread (:mod:`facegan.sender`), in order, retrying until the store is back; what is
+still unsent when the run ends is kept in ``facegan-unsent-<run>/`` for ``facegan sync``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import re
@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from PIL import Image
 from facegan.checkpoint import GENERATOR_FILE, load_generator
 from facegan.errors import FaceganError
 from facegan.run_tracker import checkpoint_name
+from facegan.sender import Sender, Spool
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_TYPE = "facegan-generator"
@@ -71,6 +73,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+_LOGIN_REFUSED = {"UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED"}
+
+
 def connect(uri: str | None) -> MlflowClient:
     """Point MLflow at the store and check that it answers; a clear error if it does not."""
     uri = resolve_tracking_uri(uri)
@@ -79,37 +84,53 @@ def connect(uri: str | None) -> MlflowClient:
     try:
         client = MlflowClient(uri, registry_uri=uri)
         client.search_experiments(max_results=1)
-    except Exception as exc:  # connection errors, bad URIs, unreadable databases
+    except Exception as exc:  # connection errors, bad URIs, unreadable databases, refused logins
+        if isinstance(exc, MlflowException) and exc.error_code in _LOGIN_REFUSED:
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise FaceganError(
+                f"the MLflow tracking server at {uri} refused the credentials "
+                + (f"of user {who!r} in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD" if who else
+                   "(none given: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FaceganError(f"cannot reach the MLflow tracking store at {uri}: {reason}") from None
     return client
 
 
+DEFAULT_SEND_TIMEOUT_S = 120.0  # how long a finished run waits for a store that is away
+# Error codes of a store that refused a request for what it is: retrying will not help.
+_REFUSALS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+             "PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "INVALID_STATE", "NOT_IMPLEMENTED"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed request may go through later: the store is away, restarting, overloaded or
+    locked (connection errors, timeouts, server errors), not refusing the request itself."""
+    if isinstance(error, MlflowException):
+        return error.error_code not in _REFUSALS
+    return isinstance(error, Exception)
+
+
+def unsent_folder(run_id: str) -> Path:
+    """Where a run keeps what has not reached the store: ``./facegan-unsent-<run id>/``."""
+    return Path(f"facegan-unsent-{run_id}")
+
+
 class MlflowRunTracker:
-    """A tracker writing one MLflow run; also reopens a run to resume it."""
+    """A tracker writing one MLflow run; also reopens a run to resume it.
+
+    Parameters, the dataset and the run's creation are sent at once (a store that is away at
+    the start is an immediate, clear error); everything the loop logs afterwards goes through a
+    background :class:`facegan.sender.Sender`, so training never waits for the store. The
+    checkpoints' model ids are known once they are sent: :meth:`model_id_at` gives them.
+    """
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
-        self._pending: list[Metric] = []
-        self._warned = False
-        # Where what MLflow could not take is kept (created on first use).
-        self.fallback_dir = Path(f"facegan-unsent-{run_id}")
-
-    def _warn_once(self, what: str, exc: Exception) -> None:
-        if not self._warned:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"warning: MLflow did not take {what} ({reason}); training goes on, and what cannot "
-                  f"be sent is kept in {self.fallback_dir}/", file=sys.stderr)
-            self._warned = True
-
-    def _keep_locally(self, source: Path | None, name: str, data: bytes | None = None) -> Path:
-        self.fallback_dir.mkdir(parents=True, exist_ok=True)
-        target = self.fallback_dir / name
-        if source is not None:
-            shutil.copyfile(source, target)
-        else:
-            target.write_bytes(data)
-        return target
+        self.send_timeout = DEFAULT_SEND_TIMEOUT_S  # tracking.send_timeout
+        self.spool = Spool(unsent_folder(run_id))
+        self._model_ids: dict[int, str] = {}
+        self._latest_resume: Path | None = None
+        self.sender = Sender(is_transient=is_transient, spool=self.spool)
 
     @classmethod
     def start(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None) -> "MlflowRunTracker":
@@ -123,11 +144,19 @@ class MlflowRunTracker:
     def reopen(cls, tracking_uri: str | None, run_id: str) -> "MlflowRunTracker":
         client = connect(tracking_uri)
         run = get_run(client, run_id)
+        sync_unsent(client, run_id)  # what an earlier process of this run left unsent goes first
         return cls(client, run_id, run.info.experiment_id)
 
     def mark_running(self) -> None:
         """A resumed run is RUNNING again once training really continues (not on a refusal)."""
         self.client.update_run(self.run_id, status="RUNNING")
+
+    def model_id_at(self, epoch: int) -> str | None:
+        """The LoggedModel id of this run's checkpoint at ``epoch``, once it has been sent."""
+        return self._model_ids.get(epoch)
+
+    def submit(self, job) -> None:
+        self.sender.submit(job)
 
     # -- what the loop logs ------------------------------------------------------------------
 
@@ -137,7 +166,7 @@ class MlflowRunTracker:
         )
 
     def set_tags(self, tags):
-        self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+        self.submit(TagsJob(self.client, self.run_id, {k: str(v) for k, v in tags.items()}))
 
     def log_dataset(self, info):
         from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -155,64 +184,30 @@ class MlflowRunTracker:
 
     def log_metrics(self, metrics, step):
         now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._flush()
-
-    def _flush(self) -> bool:
-        if not self._pending:
-            return True
-        try:
-            while self._pending:  # sent in MLflow's batch size; what went through is dropped
-                self.client.log_batch(self.run_id, metrics=self._pending[:1000])
-                del self._pending[:1000]
-        except Exception as exc:
-            self._warn_once("metrics", exc)
-            return False
-        return True
+        self.submit(MetricsJob(self.client, self.run_id,
+                               [{"key": k, "value": float(v), "timestamp": now, "step": step} for k, v in metrics.items()]))
 
     def log_image(self, key, image, step):
-        try:
-            self.client.log_image(self.run_id, np.asarray(image), key=key, step=step, synchronous=True)
-        except Exception as exc:
-            self._warn_once("a sample grid", exc)
-            buffer = io.BytesIO()
-            Image.fromarray(np.asarray(image)).save(buffer, format="PNG")
-            self._keep_locally(None, f"{key}-step-{step:06d}.png", buffer.getvalue())
+        path = self.spool.path(f"{key}-step-{step:06d}.png")
+        Image.fromarray(np.asarray(image)).save(path)
+        self.submit(ImageJob(self.client, self.run_id, key, step, path))
 
     def log_checkpoint(self, path, epoch):
-        try:
-            return self._log_checkpoint(path, epoch)
-        except Exception as exc:
-            self._warn_once("a checkpoint", exc)
-            self._keep_locally(Path(path), f"{checkpoint_name(epoch)}.pt")
-            return None  # no LoggedModel: its scores, if any, are logged unlinked
-
-    def _log_checkpoint(self, path, epoch):
-        model = self.client.create_logged_model(
-            self.experiment_id,
-            name=checkpoint_name(epoch),
-            source_run_id=self.run_id,
-            params={"epoch": str(epoch)},
-            model_type=MODEL_TYPE,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / GENERATOR_FILE)
-            self.client.log_model_artifacts(model.model_id, tmp)
-        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=epoch)])
-        return model.model_id
+        """Queue the checkpoint; None: its model id is known once sent (:meth:`model_id_at`)."""
+        kept = self.spool.path(f"{checkpoint_name(epoch)}.pt")
+        shutil.copyfile(path, kept)  # the loop deletes its file; this copy lives until it is sent
+        self.submit(CheckpointJob(self.client, self.run_id, self.experiment_id, epoch, kept, self._model_ids))
+        return None
 
     def checkpoint_epochs(self):
         return {c.epoch for c in run_checkpoints(self.client, self.run_id)}
 
     def save_resume_state(self, path):
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copyfile(path, Path(tmp) / Path(RESUME_ARTIFACT).name)
-                self.client.log_artifacts(self.run_id, tmp, artifact_path=str(Path(RESUME_ARTIFACT).parent))
-        except Exception as exc:
-            self._warn_once("the resume state", exc)
-            self._keep_locally(Path(path), "resume-state.pt")
+        kept = self.spool.path(f"resume-state-{time.time_ns()}.pt")
+        shutil.copyfile(path, kept)
+        self._latest_resume = kept
+        # Only the newest resume state matters: an older one still queued is dropped when its turn comes.
+        self.submit(ResumeStateJob(self.client, self.run_id, kept, latest=lambda: self._latest_resume))
 
     def fetch_resume_state(self, dest_dir):
         try:
@@ -224,27 +219,239 @@ class MlflowRunTracker:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def logged_image_steps(self, key: str) -> set[int]:
-        steps = set()
-        for info in self.client.list_artifacts(self.run_id, "images"):
-            name = Path(info.path).name
-            # log_image names files "<key>+step+<step>+timestamp+..." ("%" in older MLflow).
-            parts = re.split(r"[+%]", name)
-            if len(parts) > 2 and parts[0] == key and parts[1] == "step":
-                steps.add(int(parts[2]))
-        return steps
+        return logged_image_steps(self.client, self.run_id, key)
+
+    def wait_until_sent(self, timeout: float | None = None) -> bool:
+        """Block until everything queued so far reached the store (False: ``timeout`` passed first)."""
+        return self.sender.wait_until_sent(self.send_timeout if timeout is None else timeout)
 
     def finish(self, status):
-        if not self._flush():
-            out = self._keep_locally(None, "metrics.json", json.dumps([m.to_dictionary() for m in self._pending]).encode())
-            print(f"warning: {len(self._pending)} metrics could not reach MLflow; saved in {out}", file=sys.stderr)
-        for attempt in range(5):  # a sqlite store may be locked for a moment by another reader
-            try:
-                self.client.set_terminated(self.run_id, status=status)
-                return
-            except Exception as exc:
-                error = exc
-                time.sleep(0.5 * (attempt + 1))
-        print(f"warning: could not mark run {self.run_id} {status}: {str(error).splitlines()[0]}", file=sys.stderr)
+        """Send what is queued (waiting at most ``send_timeout`` s), then mark the run ``status``.
+
+        What the store did not take by then stays in :func:`unsent_folder`, with the status, for
+        ``facegan sync``.
+        """
+        if self.sender.outage or self.sender.unsent:
+            print(f"sending what is queued to the tracking store (waiting at most {self.send_timeout:.0f} s)",
+                  file=sys.stderr)
+        left = self.sender.close(self.send_timeout)
+        if left:
+            self.spool.write_manifest(self.spool.pending() + [{"kind": "status", "status": status}])
+            print(f"warning: the tracking store did not take {len(left)} records of run {self.run_id} "
+                  f"({', '.join(job.what for job in left[:3])}{', ...' if len(left) > 3 else ''}); they are kept "
+                  f"in {self.spool.folder}/. Send them when the store is back: facegan sync {self.run_id}",
+                  file=sys.stderr)
+            return
+        _set_terminated(self.client, self.run_id, status)
+
+
+def _set_terminated(client: MlflowClient, run_id: str, status: str) -> None:
+    for attempt in range(5):  # a sqlite store may be locked for a moment by another reader
+        try:
+            client.set_terminated(run_id, status=status)
+            return
+        except Exception as exc:
+            error = exc
+            time.sleep(0.5 * (attempt + 1))
+    print(f"warning: could not mark run {run_id} {status}: {str(error).splitlines()[0]}", file=sys.stderr)
+
+
+def logged_image_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
+    steps = set()
+    for info in client.list_artifacts(run_id, "images"):
+        name = Path(info.path).name
+        # log_image names files "<key>+step+<step>+timestamp+..." ("%" in older MLflow).
+        parts = re.split(r"[+%]", name)
+        if len(parts) > 2 and parts[0] == key and parts[1] == "step":
+            steps.add(int(parts[2]))
+    return steps
+
+
+# ----------------------------------------------------------------------------------------------
+# The records the background sender sends (facegan.sender.Job). Each remembers what went
+# through, so a retry after a failure repeats only the failed step and nothing is logged twice.
+
+
+class MetricsJob:
+    """A batch of metrics (an epoch's, or a checkpoint's scores). ``model_epoch``: link each to the
+    run's checkpoint of that epoch, whose id is looked up when sent (it may have been queued just
+    before)."""
+
+    def __init__(self, client, run_id, metrics: list[dict], *, model_epoch: int | None = None,
+                 model_ids: Callable[[int], str | None] | None = None, what: str | None = None):
+        self.client, self.run_id, self.metrics = client, run_id, metrics
+        self.model_epoch, self.model_ids = model_epoch, model_ids
+        self.what = what or f"metrics of step {metrics[0]['step'] if metrics else '?'}"
+
+    def send(self):
+        model_id = None
+        if self.model_epoch is not None and self.model_ids is not None:
+            model_id = self.model_ids(self.model_epoch)
+        while self.metrics:  # MLflow's batch size; a resent batch is deduplicated by the store
+            chunk = [Metric(m["key"], m["value"], m["timestamp"], m["step"], model_id=model_id,
+                            run_id=self.run_id if model_id else None) for m in self.metrics[:1000]]
+            self.client.log_batch(self.run_id, metrics=chunk)
+            del self.metrics[:1000]
+
+    def to_json(self):
+        return {"kind": "metrics", "metrics": self.metrics, "model_epoch": self.model_epoch}
+
+
+class TagsJob:
+    def __init__(self, client, run_id, tags: dict[str, str], what: str = "run tags"):
+        self.client, self.run_id, self.tags, self.what = client, run_id, tags, what
+
+    def send(self):
+        self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in self.tags.items()])
+
+    def to_json(self):
+        return {"kind": "tags", "tags": self.tags}
+
+
+class ImageJob:
+    """A sample grid kept as a PNG in the unsent folder until sent."""
+
+    def __init__(self, client, run_id, key: str, step: int, path: Path):
+        self.client, self.run_id, self.key, self.step, self.path = client, run_id, key, step, Path(path)
+        self.what = f"sample grid of step {step}"
+        self._tried = False
+
+    def send(self):
+        # A try whose answer was lost may have stored the grid: look before sending it again.
+        if not (self._tried and self.step in logged_image_steps(self.client, self.run_id, self.key)):
+            self._tried = True
+            image = np.asarray(Image.open(self.path).convert("RGB"))
+            self.client.log_image(self.run_id, image, key=self.key, step=self.step, synchronous=True)
+        self.path.unlink(missing_ok=True)
+
+    def to_json(self):
+        return {"kind": "image", "key": self.key, "step": self.step, "file": self.path.name}
+
+
+class CheckpointJob:
+    """A generator checkpoint as a LoggedModel: created, uploaded, finalised, linked at ``step=epoch``."""
+
+    def __init__(self, client, run_id, experiment_id, epoch: int, path: Path, model_ids: dict[int, str],
+                 model_id: str | None = None):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.epoch, self.path, self.model_ids, self.model_id = epoch, Path(path), model_ids, model_id
+        self.what = f"checkpoint {checkpoint_name(epoch)}"
+        self._uploaded = self._finalized = self._tried = False
+
+    def send(self):
+        if self.model_id is None:
+            # A try whose answer was lost may have created it: reuse that model, never a second one.
+            found = self._existing() if self._tried else None
+            self._tried = True
+            self.model_id = found or self.client.create_logged_model(
+                self.experiment_id, name=checkpoint_name(self.epoch), source_run_id=self.run_id,
+                params={"epoch": str(self.epoch)}, model_type=MODEL_TYPE).model_id
+        if not self._uploaded:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copyfile(self.path, Path(tmp) / GENERATOR_FILE)
+                write_pyfunc_files(Path(tmp), self.model_id)
+                self.client.log_model_artifacts(self.model_id, tmp)
+            self._uploaded = True
+        if not self._finalized:
+            self.client.finalize_logged_model(self.model_id, LoggedModelStatus.READY)
+            self._finalized = True
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(self.model_id, step=self.epoch)])
+        self.model_ids[self.epoch] = self.model_id
+        self.path.unlink(missing_ok=True)
+
+    def _existing(self) -> str | None:
+        models = self.client.search_logged_models(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{self.run_id}' AND name = '{checkpoint_name(self.epoch)}'", max_results=10)
+        return models[0].model_id if models else None
+
+    def to_json(self):
+        return {"kind": "checkpoint", "epoch": self.epoch, "file": self.path.name, "model_id": self.model_id}
+
+
+class ResumeStateJob:
+    def __init__(self, client, run_id, path: Path, latest: Callable[[], Path | None] | None = None):
+        self.client, self.run_id, self.path, self.latest = client, run_id, Path(path), latest
+        self.what = "the resume state"
+
+    def send(self):
+        if self.latest is None or self.latest() == self.path:  # a newer one is queued: this one is moot
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copyfile(self.path, Path(tmp) / Path(RESUME_ARTIFACT).name)
+                self.client.log_artifacts(self.run_id, tmp, artifact_path=str(Path(RESUME_ARTIFACT).parent))
+        self.path.unlink(missing_ok=True)
+
+    def to_json(self):
+        return {"kind": "resume", "file": self.path.name}
+
+
+def sync_unsent(client: MlflowClient, run_id: str, folder: str | Path | None = None) -> tuple[int, int]:
+    """Send what a run left in its unsent folder (see :class:`MlflowRunTracker.finish`), in order.
+
+    Returns ``(sent, left)``; ``left`` records stay in the folder (the store refused them or went
+    away again). Nothing already in the store is sent twice.
+    """
+    spool = Spool(folder if folder is not None else unsent_folder(run_id))
+    pending = spool.pending()
+    if not pending:
+        return 0, 0
+    experiment_id = get_run(client, run_id).info.experiment_id
+    model_ids = {c.epoch: c.model_id for c in run_checkpoints(client, run_id)}
+    sent = 0
+    for index, entry in enumerate(pending):
+        job = _job_from_json(client, run_id, experiment_id, spool, entry, model_ids)
+        try:
+            if job is None:
+                _set_terminated(client, run_id, entry["status"])
+            else:
+                job.send()
+        except Exception as exc:
+            rest = ([job.to_json()] if job is not None else [entry]) + pending[index + 1:]
+            spool.write_manifest(rest)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"warning: stopped sending at {entry['kind']} ({reason}); {len(rest)} records are still "
+                  f"in {spool.folder}/", file=sys.stderr)
+            return sent, len(rest)
+        sent += 1
+    spool.write_manifest([])
+    return sent, 0
+
+
+def _job_from_json(client, run_id, experiment_id, spool: Spool, entry: dict, model_ids: dict[int, str]):
+    kind = entry["kind"]
+    if kind == "metrics":
+        return MetricsJob(client, run_id, entry["metrics"], model_epoch=entry.get("model_epoch"),
+                          model_ids=model_ids.get)
+    if kind == "tags":
+        return TagsJob(client, run_id, entry["tags"])
+    if kind == "image":
+        job = ImageJob(client, run_id, entry["key"], entry["step"], spool.folder / entry["file"])
+        job._tried = True  # the earlier process may have sent it before its answer was lost
+        return job
+    if kind == "checkpoint":
+        if entry["epoch"] in model_ids:  # it reached the store before the earlier process lost it
+            (spool.folder / entry["file"]).unlink(missing_ok=True)
+            return _Done(f"checkpoint epoch {entry['epoch']}")
+        job = CheckpointJob(client, run_id, experiment_id, entry["epoch"], spool.folder / entry["file"], model_ids,
+                            model_id=entry.get("model_id"))
+        job._tried = True
+        return job
+    if kind == "resume":
+        return ResumeStateJob(client, run_id, spool.folder / entry["file"])
+    if kind == "status":
+        return None
+    raise FaceganError(f"{spool.manifest} holds a record of unknown kind {kind!r}")
+
+
+class _Done:
+    def __init__(self, what):
+        self.what = what
+
+    def send(self):
+        pass
+
+    def to_json(self):
+        return {"kind": "tags", "tags": {}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,13 +577,20 @@ class MlflowRunSource:
     a plot and a summary, and the registered choice.
 
     Use it as a context manager: downloaded checkpoints live in a scratch folder until it closes.
+
+    ``writer``: the run's own tracker while it trains. Scores and tags then go through its
+    background queue behind the checkpoints they belong to (never waiting for the store), and
+    checkpoints whose model id is not known yet are linked by epoch when sent.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client: MlflowClient, run_id: str, *, writer: MlflowRunTracker | None = None):
+        self.client, self.run_id, self.writer = client, run_id, writer
         self.run = get_run(client, run_id)
         self.tracking_uri = mlflow.get_tracking_uri()
         self._scratch: tempfile.TemporaryDirectory | None = None
+        if writer is None and unsent_folder(run_id).is_dir():  # what a training of it left unsent, first
+            sync_unsent(client, run_id)
+            self.run = get_run(client, run_id)
         self._tags = dict(self.run.data.tags)
 
     @classmethod
@@ -412,8 +626,15 @@ class MlflowRunSource:
     def set_tags(self, tags: dict[str, str]) -> None:
         changed = {k: str(v) for k, v in tags.items() if self._tags.get(k) != str(v)}
         if changed:
-            self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in changed.items()])
+            job = TagsJob(self.client, self.run_id, changed)
+            self.writer.submit(job) if self.writer is not None else job.send()
             self._tags.update(changed)
+
+    def model_id_of(self, checkpoint) -> str | None:
+        """A checkpoint's LoggedModel id; for one the run has just written, once it was sent."""
+        if checkpoint.model_id is None and self.writer is not None:
+            return self.writer.model_id_at(checkpoint.epoch)
+        return checkpoint.model_id
 
     # -- scores ------------------------------------------------------------------------------
 
@@ -439,9 +660,16 @@ class MlflowRunSource:
         # Scores at another count stay in the metric history; the tag says which count the latest are.
         self.set_tags({f"{NUM_SAMPLES_TAG}.{space}": str(num_samples)})
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{space}/{k}", float(v), now, checkpoint.epoch, model_id=checkpoint.model_id,
-                          run_id=self.run_id) for k, v in scores.items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        metrics = [{"key": f"{space}/{k}", "value": float(v), "timestamp": now, "step": checkpoint.epoch}
+                   for k, v in scores.items()]
+        what = f"scores of {checkpoint_name(checkpoint.epoch)}"
+        if self.writer is not None and checkpoint.model_id is None:  # linked once the checkpoint is sent
+            self.writer.submit(MetricsJob(self.client, self.run_id, metrics, model_epoch=checkpoint.epoch,
+                                          model_ids=self.writer.model_id_at, what=what))
+            return
+        job = MetricsJob(self.client, self.run_id, metrics, model_epoch=checkpoint.epoch,
+                         model_ids=lambda _: checkpoint.model_id, what=what)
+        self.writer.submit(job) if self.writer is not None else job.send()
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -452,7 +680,8 @@ class MlflowRunSource:
         self.set_tags({
             "facegan.best_epoch": str(best.epoch),
             "facegan.collapse_epoch": "none" if onset is None else str(onset),
-            "facegan.best_model_id": str(best.model_id),
+            # while training, the id of a checkpoint still queued is not known yet: by epoch instead
+            "facegan.best_model_id": str(self.model_id_of(best) or checkpoint_name(best.epoch)),
             "facegan.evaluation_features": evaluation.features,
             "facegan.memorisation_epoch": ("none" if evaluation.memorisation is None
                                            or evaluation.memorisation.onset_epoch is None
@@ -463,8 +692,19 @@ class MlflowRunSource:
         """Tag the run, log the ranking table, the plot and the summary, register the chosen generator.
 
         Returns the registered model URI (``models:/NAME@best``), or None when not registering.
+
+        Raises:
+            FaceganError: while training, the store did not take the run's queued records in time.
         """
+        if self.writer is not None:
+            if not self.writer.wait_until_sent():
+                raise FaceganError(f"the tracking store did not take the run's records within "
+                                   f"{self.writer.send_timeout:.0f} s")
+            for c in evaluation.checkpoints:  # the ids of the checkpoints sent meanwhile
+                c.model_id = self.model_id_of(c)
         self.record_progress(evaluation)
+        if self.writer is not None and not self.writer.wait_until_sent():
+            raise FaceganError("the tracking store did not take the run's tags in time")
         space = evaluation.features
         self.client.log_table(self.run_id, data=evaluation.table_columns(), artifact_file=f"evaluation/{space}_ranking.json")
         self.client.log_figure(self.run_id, figure, f"evaluation/{space}_scores.png")
@@ -521,9 +761,66 @@ def log_study(client: MlflowClient, study, figure, *, experiment_id: str, regist
     return run_id, registered
 
 
+# ----------------------------------------------------------------------------------------------
+# The checkpoint as an MLflow pyfunc model
+
+
+PYFUNC_LOADER = "facegan.pyfunc"
+# What a checkpoint's model needs beside facegan itself; pinned to the versions it was logged with.
+PYFUNC_REQUIREMENTS = ("torch", "numpy", "pandas", "pillow", "mlflow")
+
+
+def write_pyfunc_files(folder: Path, model_id: str | None = None) -> None:
+    """Write the MLmodel, requirements and environment files that make the checkpoint in
+    ``folder`` (``generator.pt``) an MLflow ``python_function`` model (:mod:`facegan.pyfunc`).
+
+    Written out rather than by ``mlflow.pyfunc.save_model``, which infers requirements by
+    importing and running the model: that costs seconds per checkpoint, this a few milliseconds.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow.pyfunc
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    def pinned(package: str) -> str:
+        try:
+            return f"{package}=={version(package)}"
+        except PackageNotFoundError:
+            return package
+
+    requirements = [pinned("facegan")] + [pinned(p) for p in PYFUNC_REQUIREMENTS]
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    python = ".".join(map(str, sys.version_info[:3]))
+    (folder / "python_env.yaml").write_text(
+        f"python: {python}\nbuild_dependencies:\n- pip\n- setuptools\n- wheel\n"
+        "dependencies:\n- -r requirements.txt\n")
+    (folder / "conda.yaml").write_text(
+        f"channels:\n- conda-forge\ndependencies:\n- python={python}\n- pip\n- pip:\n"
+        + "".join(f"  - {r}\n" for r in requirements) + "name: facegan-env\n")
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("long", "seed"), ColSpec("double", "truncation", required=False)]),
+        outputs=Schema([ColSpec("string", "png")]),
+    )
+    model = Model(signature=signature, model_id=model_id)
+    mlflow.pyfunc.add_to_model(model, loader_module=PYFUNC_LOADER, data=GENERATOR_FILE,
+                               conda_env="conda.yaml", python_env="python_env.yaml")
+    model.save(str(folder / "MLmodel"))
+
+
+def _ensure_pyfunc(client: MlflowClient, model_id: str) -> None:
+    """Give a checkpoint logged before facegan wrote MLmodel files its pyfunc files."""
+    if any(info.path == "MLmodel" for info in client.list_logged_model_artifacts(model_id)):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pyfunc_files(Path(tmp), model_id)
+        client.log_model_artifacts(model_id, tmp)
+
+
 def register_generator(client: MlflowClient, ref, name: str, run_id: str) -> str:
     """Register a checkpoint's LoggedModel under ``name`` and point the alias ``best`` at it."""
     source = f"models:/{ref.model_id}"
+    _ensure_pyfunc(client, ref.model_id)
     try:
         current = client.get_model_version_by_alias(name, "best")
     except MlflowException:

@@ -65,6 +65,12 @@ def test_train_logs_the_mlflow_layout_and_resumes(cli, tracking_uri):
     assert client.get_run(run_id).info.status == "FINISHED"  # a refused resume leaves the run as it was
     assert_clean_error(cli("train", "--resume", run_id, "--loss", "dcgan", "--tracking-uri", tracking_uri,
                            check=False), r"cannot change train.loss when resuming")
+    # What may change on resume goes through the config's own checks (type, range).
+    assert_clean_error(cli("train", "--resume", run_id, "--epochs", 7, "--set", "evaluate.num_samples=many",
+                           "--tracking-uri", tracking_uri, check=False), r"evaluate.num_samples must be int")
+    assert_clean_error(cli("train", "--resume", run_id, "--epochs", 7, "--set", "tracking.send_timeout=-1",
+                           "--tracking-uri", tracking_uri, check=False), r"tracking.send_timeout must be non-negative")
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_ctrl_c_saves_resume_state_and_marks_the_run_killed(cli, tracking_uri, tmp_path):
