@@ -35,6 +35,7 @@ from typing import Protocol
 MANIFEST = "unsent.jsonl"
 DEFAULT_QUEUE_SIZE = 100_000  # jobs; a job holds a few numbers or a path, not image data
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
+CATCH_UP_PAUSE = 1.0  # while a backlog is sent: pause as long as each request took (half the interpreter)
 
 
 class Job(Protocol):
@@ -45,6 +46,7 @@ class Job(Protocol):
 
     def send(self) -> None: ...
     def to_json(self) -> dict: ...
+    # optional: def absorb(self, other: Job) -> bool -- take ``other`` in (sent as one request)
 
 
 class Spool:
@@ -160,15 +162,38 @@ class Sender:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            merged = 0
             try:
                 if job is None:
                     return
+                merged = self._absorb_followers(job)
                 self._head = job
+                started = time.perf_counter()
                 if not self._send(job):
                     return  # closing while the store is away: close() collects the job
                 self._head = None
+                if self._queue.qsize():
+                    # Catching up after an outage: leave the trainer's thread the interpreter for a
+                    # while after each request (Python runs one thread at a time; a sender that never
+                    # pauses stalls every torch call of the loop for the switch interval).
+                    time.sleep(min(CATCH_UP_PAUSE * (time.perf_counter() - started), 0.1))
             finally:
-                self._queue.task_done()
+                for _ in range(1 + merged):
+                    self._queue.task_done()
+
+    def _absorb_followers(self, job: Job) -> int:
+        """Merge the jobs queued right behind ``job`` that it can take in (``job.absorb(other)``:
+        the metrics of many epochs in one request after an outage); returns how many."""
+        absorb = getattr(job, "absorb", None)
+        merged = 0
+        while absorb is not None:
+            with self._queue.mutex:  # this thread is the only consumer: the head stays the head
+                follower = self._queue.queue[0] if self._queue.queue else None
+            if follower is None or not absorb(follower):
+                break
+            self._queue.get_nowait()
+            merged += 1
+        return merged
 
     def _send(self, job: Job) -> bool:
         """Send ``job``, retrying while the store is away; False when closing stopped the retries."""

@@ -293,6 +293,16 @@ class MetricsJob:
             self.client.log_batch(self.run_id, metrics=chunk)
             del self.metrics[:1000]
 
+    def absorb(self, other) -> bool:
+        """Take in the next epoch's metrics (one request for many after an outage); scores linked
+        to a checkpoint stay apart."""
+        if (not isinstance(other, MetricsJob) or self.model_epoch is not None or other.model_epoch is not None
+                or len(self.metrics) + len(other.metrics) > 1000):
+            return False
+        self.metrics += other.metrics
+        self.what = f"metrics of steps {self.metrics[0]['step']}-{other.metrics[-1]['step']}"
+        return True
+
     def to_json(self):
         return {"kind": "metrics", "metrics": self.metrics, "model_epoch": self.model_epoch}
 

@@ -79,9 +79,9 @@ class MlflowServer:
     """
 
     def __init__(self, backend_uri: str, artifacts: Path, port: int | None = None, *, log: Path | None = None,
-                 app_name: str | None = None, env: dict[str, str] | None = None):
+                 app_name: str | None = None, env: dict[str, str] | None = None, nice: int = 0):
         self.backend_uri, self.artifacts = backend_uri, Path(artifacts)
-        self.app_name, self.extra_env = app_name, env or {}
+        self.app_name, self.extra_env, self.nice = app_name, env or {}, nice
         self.port = port or free_port()
         self.log = log or self.artifacts.parent / f"mlflow-server-{self.port}.log"
         self.process: subprocess.Popen | None = None
@@ -95,7 +95,7 @@ class MlflowServer:
         env.pop("MLFLOW_TRACKING_URI", None)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [MLFLOW, "server", "--backend-store-uri", self.backend_uri, "--artifacts-destination",
+                [*(["nice", "-n", str(self.nice)] if self.nice else []), MLFLOW, "server", "--backend-store-uri", self.backend_uri, "--artifacts-destination",
                  str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                  *(["--app-name", self.app_name] if self.app_name else [])],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.artifacts.parent)

@@ -88,3 +88,40 @@ def test_close_waits_a_bounded_time_then_keeps_what_is_left_in_order(tmp_path, m
     assert [job.name for job in left] == ["1", "2", "3"]
     assert [entry["name"] for entry in spool.pending()] == ["from an earlier process", "1", "2", "3"]
     assert store.received == ["0"]
+
+
+class Batch(Record):
+    """A record that takes in the ones queued behind it (as metrics of many epochs do)."""
+
+    def __init__(self, store, names):
+        super().__init__(store, "+".join(names))
+        self.names = list(names)
+
+    def absorb(self, other):
+        if not isinstance(other, Batch):
+            return False
+        self.names += other.names
+        return True
+
+    def send(self):
+        if not self.store.up.is_set():
+            raise ConnectionError("store away")
+        self.store.received.append(list(self.names))
+
+
+def test_a_backlog_goes_out_in_few_requests_and_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr("facegan.sender.BACKOFF_START_S", 0.01)
+    store = Store()
+    sender = Sender(is_transient=transient, spool=Spool(tmp_path / "unsent"), warn=lambda line: None)
+    store.up.clear()
+    for i in range(50):
+        sender.submit(Batch(store, [str(i)]))
+    sender.submit(Record(store, "grid"))
+    sender.submit(Batch(store, ["50"]))
+    time.sleep(0.1)
+    store.up.set()
+    assert sender.wait_until_sent(10)
+    flat = [name for request in store.received for name in (request if isinstance(request, list) else [request])]
+    assert flat == [str(i) for i in range(50)] + ["grid", "50"]  # order kept across merges
+    assert len(store.received) <= 4  # the head retried alone, then the rest merged behind it
+    assert sender.close(1) == []
