@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from conftest import assert_clean_error
 from facegan import tracking
 
 
@@ -97,7 +98,7 @@ def test_a_lost_store_neither_stops_training_nor_loses_anything(tracker, trackin
     assert not kept.exists()
 
 
-def test_what_is_unsent_at_the_end_is_kept_and_synced_once(tracker, tracking_uri, tmp_path, monkeypatch, capsys):
+def test_what_is_unsent_at_the_end_is_kept_and_synced_once(tracker, tracking_uri, tmp_path, monkeypatch, capsys, cli):
     outage = Outage(tracker.client, monkeypatch)
     tracker.log_metrics({"loss_g": 3.0}, 4)
     assert tracker.wait_until_sent(30)
@@ -116,13 +117,16 @@ def test_what_is_unsent_at_the_end_is_kept_and_synced_once(tracker, tracking_uri
     outage.down.clear()
     client = tracking.connect(tracking_uri)
     assert client.get_run(tracker.run_id).info.status == "RUNNING"
-    assert tracking.sync_unsent(client, tracker.run_id) == (4, 0)
+    done = cli("sync", tracker.run_id, "--tracking-uri", tracking_uri)  # the real command, in this folder
+    assert f"sent 4 records of run {tracker.run_id}" in done.stderr
     assert not kept.exists()
     assert [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss_g")] == [(4, 3.0), (5, 4.0)]
     assert tracker.logged_image_steps("samples") == {5}
     assert tracker.checkpoint_epochs() == {5}
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     assert tracking.sync_unsent(client, tracker.run_id) == (0, 0)  # a second sync sends nothing
+    assert_clean_error(cli("sync", tracker.run_id, "--tracking-uri", tracking_uri, check=False),
+                       r"no unsent folder facegan-unsent-\w+/ for run \w+: nothing to send")
 
 
 def test_a_retried_checkpoint_whose_answer_was_lost_is_not_logged_twice(tracker, tmp_path, monkeypatch):
