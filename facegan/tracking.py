@@ -231,10 +231,14 @@ class MlflowRunTracker:
         What the store did not take by then stays in :func:`unsent_folder`, with the status, for
         ``facegan sync``.
         """
-        if self.sender.outage or self.sender.unsent:
-            print(f"sending what is queued to the tracking store (waiting at most {self.send_timeout:.0f} s)",
-                  file=sys.stderr)
-        left = self.sender.close(self.send_timeout)
+        try:
+            if not self.sender.wait_until_sent(min(2.0, self.send_timeout)):  # a healthy store: done by now
+                print(f"sending what is queued to the tracking store (waiting at most {self.send_timeout:.0f} s; "
+                      "Ctrl-C keeps the rest locally)", file=sys.stderr)
+                self.sender.wait_until_sent(max(self.send_timeout - 2.0, 0.0))
+        except KeyboardInterrupt:
+            pass  # stop waiting: what is left is kept locally, below
+        left = self.sender.close(0)
         if left:
             self.spool.write_manifest(self.spool.pending() + [{"kind": "status", "status": status}])
             print(f"warning: the tracking store did not take {len(left)} records of run {self.run_id} "

@@ -159,3 +159,24 @@ def test_a_retried_checkpoint_whose_answer_was_lost_is_not_logged_twice(tracker,
                                                  filter_string=f"source_run_id = '{tracker.run_id}'")
     assert [m.name for m in models] == ["generator-epoch-0003"] and len(created) == 1
     tracker.finish("FINISHED")
+
+
+def test_ctrl_c_while_the_end_waits_for_the_store_keeps_the_rest(tracker, tmp_path, monkeypatch, capsys):
+    outage = Outage(tracker.client, monkeypatch)
+    outage.down.set()
+    tracker.log_metrics({"loss_g": 1.0}, 1)
+    tracker.log_checkpoint(checkpoint_file(tmp_path), 1)
+    real_wait, calls = tracker.sender.wait_until_sent, []
+
+    def impatient(timeout=None):
+        calls.append(timeout)
+        if len(calls) == 2:  # the long wait: the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real_wait(timeout)
+
+    monkeypatch.setattr(tracker.sender, "wait_until_sent", impatient)
+    tracker.finish("KILLED")
+    assert "Ctrl-C keeps the rest locally" in capsys.readouterr().err
+    pending = tracking.Spool(tracking.unsent_folder(tracker.run_id)).pending()
+    assert [entry["kind"] for entry in pending] == ["metrics", "checkpoint", "status"]
+    assert pending[-1]["status"] == "KILLED"
