@@ -107,6 +107,8 @@ def is_transient(error: BaseException) -> bool:
     locked (connection errors, timeouts, server errors), not refusing the request itself."""
     if isinstance(error, MlflowException):
         return error.error_code not in _REFUSALS
+    if isinstance(error, FileNotFoundError):  # a kept file removed by hand: retrying cannot bring it back
+        return False
     return isinstance(error, Exception)
 
 
