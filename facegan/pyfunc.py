@@ -71,15 +71,13 @@ def _seed(value) -> int:
 
 
 def _truncation(value) -> float | None:
+    """A row's truncation as a number (empty: none); ``sample_latents`` checks that it is positive."""
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return None
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise FaceganError(f"truncation must be a positive number, got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise FaceganError(f"truncation must be a positive number, got {value!r}")
-    return number
 
 
 def _load_pyfunc(data_path: str) -> FaceModel:

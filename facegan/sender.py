@@ -32,10 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from facegan.common import error_text
+
 MANIFEST = "unsent.jsonl"
 DEFAULT_QUEUE_SIZE = 100_000  # jobs; a job holds a few numbers or a path, not image data
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
-CATCH_UP_PAUSE = 1.0  # while a backlog is sent: pause as long as each request took (half the interpreter)
 
 
 class Job(Protocol):
@@ -106,7 +107,6 @@ class Sender:
         self._head: Job | None = None
         self._stop = threading.Event()  # give up retrying (close's deadline passed)
         self._outage_since: float | None = None
-        self.sent = 0
         self._thread = threading.Thread(target=self._work, name="facegan-sender", daemon=True)
         self._thread.start()
 
@@ -117,11 +117,6 @@ class Sender:
         if self._stop.is_set():
             raise RuntimeError("the sender is closed")
         self._queue.put(job)
-
-    @property
-    def unsent(self) -> int:
-        """Jobs not yet sent (queued, in flight or kept)."""
-        return self._queue.qsize() + (self._head is not None) + len(self._kept)
 
     @property
     def outage(self) -> bool:
@@ -168,15 +163,9 @@ class Sender:
                     return
                 merged = self._absorb_followers(job)
                 self._head = job
-                started = time.perf_counter()
                 if not self._send(job):
                     return  # closing while the store is away: close() collects the job
                 self._head = None
-                if self._queue.qsize():
-                    # Catching up after an outage: leave the trainer's thread the interpreter for a
-                    # while after each request (Python runs one thread at a time; a sender that never
-                    # pauses stalls every torch call of the loop for the switch interval).
-                    time.sleep(min(CATCH_UP_PAUSE * (time.perf_counter() - started), 0.1))
             finally:
                 for _ in range(1 + merged):
                     self._queue.task_done()
@@ -203,13 +192,13 @@ class Sender:
                 job.send()
             except Exception as error:  # whatever the store raised: keep the job, never the loop's problem
                 if not self.is_transient(error):
-                    self.warn(f"the tracking store refused {job.what} ({_first_line(error)}); kept in "
+                    self.warn(f"the tracking store refused {job.what} ({error_text(error)}); kept in "
                               f"{self.spool.folder}/ for `facegan sync`")
                     self._kept.append(job)
                     return True
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
-                    self.warn(f"the tracking store does not answer ({_first_line(error)}); training goes on "
+                    self.warn(f"the tracking store does not answer ({error_text(error)}); training goes on "
                               "and what it logs is sent when the store is back")
                 if self._stop.wait(delay):
                     return False
@@ -219,10 +208,5 @@ class Sender:
                 self.warn(f"the tracking store is back after {time.monotonic() - self._outage_since:.0f} s; "
                           f"sending the {self._queue.qsize() + 1} records queued meanwhile")
                 self._outage_since = None
-            self.sent += 1
             return True
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from facegan.checkpoint import GENERATOR_FILE, load_generator
+from facegan.common import error_text
 from facegan.errors import FaceganError
 from facegan.run_tracker import checkpoint_name
 from facegan.sender import Sender, Spool
@@ -91,8 +92,7 @@ def connect(uri: str | None) -> MlflowClient:
                 f"the MLflow tracking server at {uri} refused the credentials "
                 + (f"of user {who!r} in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD" if who else
                    "(none given: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")) from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FaceganError(f"cannot reach the MLflow tracking store at {uri}: {reason}") from None
+        raise FaceganError(f"cannot reach the MLflow tracking store at {uri}: {error_text(exc)}") from None
     return client
 
 
@@ -259,7 +259,7 @@ def _set_terminated(client: MlflowClient, run_id: str, status: str) -> None:
         except Exception as exc:
             error = exc
             time.sleep(0.5 * (attempt + 1))
-    print(f"warning: could not mark run {run_id} {status}: {str(error).splitlines()[0]}", file=sys.stderr)
+    print(f"warning: could not mark run {run_id} {status}: {error_text(error)}", file=sys.stderr)
 
 
 def logged_image_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
@@ -417,15 +417,14 @@ def sync_unsent(client: MlflowClient, run_id: str, folder: str | Path | None = N
     for index, entry in enumerate(pending):
         job = _job_from_json(client, run_id, experiment_id, spool, entry, model_ids)
         try:
-            if job is None:
+            if entry["kind"] == "status":
                 _set_terminated(client, run_id, entry["status"])
-            else:
+            elif job is not None:  # None: it is in the store already
                 job.send()
         except Exception as exc:
             rest = ([job.to_json()] if job is not None else [entry]) + pending[index + 1:]
             spool.write_manifest(rest)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"warning: stopped sending at {entry['kind']} ({reason}); {len(rest)} records are still "
+            print(f"warning: stopped sending at {entry['kind']} ({error_text(exc)}); {len(rest)} records are still "
                   f"in {spool.folder}/", file=sys.stderr)
             return sent, len(rest)
         sent += 1
@@ -434,6 +433,7 @@ def sync_unsent(client: MlflowClient, run_id: str, folder: str | Path | None = N
 
 
 def _job_from_json(client, run_id, experiment_id, spool: Spool, entry: dict, model_ids: dict[int, str]):
+    """The job a manifest line describes; None for the run's status and what is already in the store."""
     kind = entry["kind"]
     if kind == "metrics":
         return MetricsJob(client, run_id, entry["metrics"], model_epoch=entry.get("model_epoch"),
@@ -447,7 +447,7 @@ def _job_from_json(client, run_id, experiment_id, spool: Spool, entry: dict, mod
     if kind == "checkpoint":
         if entry["epoch"] in model_ids:  # it reached the store before the earlier process lost it
             (spool.folder / entry["file"]).unlink(missing_ok=True)
-            return _Done(f"checkpoint epoch {entry['epoch']}")
+            return None
         job = CheckpointJob(client, run_id, experiment_id, entry["epoch"], spool.folder / entry["file"], model_ids,
                             model_id=entry.get("model_id"))
         job._tried = True
@@ -457,17 +457,6 @@ def _job_from_json(client, run_id, experiment_id, spool: Spool, entry: dict, mod
     if kind == "status":
         return None
     raise FaceganError(f"{spool.manifest} holds a record of unknown kind {kind!r}")
-
-
-class _Done:
-    def __init__(self, what):
-        self.what = what
-
-    def send(self):
-        pass
-
-    def to_json(self):
-        return {"kind": "tags", "tags": {}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,8 +536,7 @@ def resolve_model(spec: str, tracking_uri: str | None, dest_dir: str | Path) -> 
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(dest_dir))
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FaceganError(f"cannot load model {spec} from {mlflow.get_tracking_uri()}: {reason}") from None
+        raise FaceganError(f"cannot load model {spec} from {mlflow.get_tracking_uri()}: {error_text(exc)}") from None
     local = Path(local)
     return local / GENERATOR_FILE if local.is_dir() else local
 
@@ -678,13 +666,10 @@ class MlflowRunSource:
         now = int(time.time() * 1000)
         metrics = [{"key": f"{space}/{k}", "value": float(v), "timestamp": now, "step": checkpoint.epoch}
                    for k, v in scores.items()]
-        what = f"scores of {checkpoint_name(checkpoint.epoch)}"
-        if self.writer is not None and checkpoint.model_id is None:  # linked once the checkpoint is sent
-            self.writer.submit(MetricsJob(self.client, self.run_id, metrics, model_epoch=checkpoint.epoch,
-                                          model_ids=self.writer.model_id_at, what=what))
-            return
+        # The model id is looked up when the job is sent: behind a checkpoint still queued, once it went out.
         job = MetricsJob(self.client, self.run_id, metrics, model_epoch=checkpoint.epoch,
-                         model_ids=lambda _: checkpoint.model_id, what=what)
+                         model_ids=lambda _: self.model_id_of(checkpoint),
+                         what=f"scores of {checkpoint_name(checkpoint.epoch)}")
         self.writer.submit(job) if self.writer is not None else job.send()
 
     # -- the decision ------------------------------------------------------------------------
@@ -719,8 +704,6 @@ class MlflowRunSource:
             for c in evaluation.checkpoints:  # the ids of the checkpoints sent meanwhile
                 c.model_id = self.model_id_of(c)
         self.record_progress(evaluation)
-        if self.writer is not None and not self.writer.wait_until_sent():
-            raise FaceganError("the tracking store did not take the run's tags in time")
         space = evaluation.features
         self.client.log_table(self.run_id, data=evaluation.table_columns(), artifact_file=f"evaluation/{space}_ranking.json")
         self.client.log_figure(self.run_id, figure, f"evaluation/{space}_scores.png")
