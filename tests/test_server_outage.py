@@ -73,13 +73,15 @@ def test_a_server_killed_mid_run_costs_nothing(backend, tmp_path):
         assert sorted(history) == list(range(1, EPOCHS + 1))  # every step, once
         assert len(client.get_metric_history(run_id, "d_steps")) == EPOCHS
         # Training went on while the server was away: epochs were logged during the outage (the
-        # timestamps are the trainer's clock at logging), and none of them waited for the server
-        # (before the background sender, each stalled 4.6 to 17.5 s through the client's retries).
+        # timestamps are the trainer's clock at logging) at their usual pace. Before the background
+        # sender every epoch waited 4.6 to 17.5 s through the client's retries. The median, not the
+        # slowest: another test file's trainings and the server's own restart share these cores
+        # (a single epoch then takes seconds for want of CPU; experiments/RESULTS.md).
         stamps = [history[step].timestamp / 1000 for step in sorted(history)]
         gaps = [(stamps[i - 1], stamps[i] - stamps[i - 1]) for i in range(1, len(stamps))]
-        during = [gap for start, gap in gaps if killed_at < start < back_at]
+        during = sorted(gap for start, gap in gaps if killed_at < start < back_at)
         assert len(during) >= 5, f"only {len(during)} epochs during a {OUTAGE_S} s outage"
-        assert max(during) < 1.5, f"an epoch took {max(during):.1f} s while the server was away"
+        assert during[len(during) // 2] < 0.5, f"epochs took {during[len(during) // 2]:.1f} s (median) while away"
 
         models = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id],
                                              filter_string=f"source_run_id = '{run_id}'")
