@@ -166,6 +166,10 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     facegan.stopped); `facegan train --resume RUN_ID` continues a stopped run without stopping
     again for the same onset. Config keys: [evaluate] features, num_samples, stop_on_collapse,
     stop_patience, inception_weights, dinov2_weights, register.
+
+    A tracking store that goes away mid-run does not stop training: what is logged is sent when
+    it is back; a run that ends first waits --set tracking.send_timeout seconds (default 120),
+    then keeps the rest in ./facegan-unsent-RUN_ID/ for `facegan sync RUN_ID`.
     """
     from facegan.config import Config, load_config, parse_override, with_overrides
 
