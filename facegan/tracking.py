@@ -138,7 +138,16 @@ class MlflowRunTracker:
     def start(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None) -> "MlflowRunTracker":
         client = connect(tracking_uri)
         found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            try:
+                experiment_id = client.create_experiment(experiment)
+            except MlflowException:  # another training started at the same time may have made it first
+                found = client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                experiment_id = found.experiment_id
         run = client.create_run(experiment_id, run_name=run_name, tags={"facegan.kind": "train"})
         return cls(client, run.info.run_id, experiment_id)
 
