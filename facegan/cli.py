@@ -171,52 +171,104 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     it is back; a run that ends first waits --set tracking.send_timeout seconds (default 120),
     then keeps the rest in ./facegan-unsent-RUN_ID/ for `facegan sync RUN_ID`.
     """
-    from facegan.config import Config, load_config, parse_override, with_overrides
+    from facegan.config import load_config, parse_override
+    from facegan.distributed import Processes
 
+    procs = Processes.from_environment()  # one process, or this one's place under torchrun
     settings = dict(parse_override(text) for text in overrides)
     settings.update({_TRAIN_OPTIONS[name]: value for name, value in options.items() if value is not None})
+    if settings.get("train.world_size", procs.world_size) != procs.world_size:
+        raise FaceganError(f"train.world_size is the number of training processes, set by torchrun "
+                           f"({procs.world_size} here); start {settings['train.world_size']} with "
+                           f"torchrun --nproc_per_node=N instead of setting it")
+    settings.pop("train.world_size", None)
     if not resume_run_id:
-        cfg = load_config(config_file, settings)  # a bad file or value fails before torch and mlflow load
-
-    from facegan import tracking
-    from facegan.data import load_data
-    from facegan.evaluate import training_extractor, training_judge, training_scorer
-    from facegan.training import fetch_resume_payload, train as run_training
-
-    if resume_run_id:
-        if config_file:
-            raise FaceganError("--config cannot be combined with --resume: a resumed run keeps its config")
+        # A bad file or value fails before torch and mlflow load.
+        cfg = load_config(config_file, {**settings, "train.world_size": procs.world_size})
+    elif config_file:
+        raise FaceganError("--config cannot be combined with --resume: a resumed run keeps its config")
+    else:
         fixed = sorted(set(settings) - _RESUMABLE)
         if fixed:
             raise FaceganError(f"cannot change {', '.join(fixed)} when resuming; only --epochs and --device may change")
-        tracker = tracking.MlflowRunTracker.reopen(settings.get("tracking.tracking_uri"), resume_run_id)
-        payload = fetch_resume_payload(tracker)
+    if procs.distributed:
+        from facegan.distributed import ReportedByMain
+
+        try:
+            _train(cfg if not resume_run_id else None, settings, resume_run_id, quiet, procs)
+        except ReportedByMain:  # rank 0 has said why
+            sys.exit(1)
+        finally:
+            from facegan import distributed
+
+            distributed.stop(procs)
+    else:
+        _train(cfg if not resume_run_id else None, settings, resume_run_id, quiet, procs)
+
+
+def _train(cfg, settings: dict, resume_run_id: str | None, quiet: bool, procs) -> None:
+    """The body of ``facegan train`` once the options are checked. On several processes every
+    rank runs it; only rank 0 (``procs.is_main``) talks to MLflow, scores and prints."""
+    from facegan import distributed, tracking
+    from facegan.config import Config, with_overrides
+    from facegan.data import load_data
+    from facegan.evaluate import training_extractor, training_judge, training_scorer
+    from facegan.training import fetch_resume_payload, train as run_training, training_device
+
+    main = procs.is_main
+    if cfg is not None:
+        training_device(cfg, procs)  # e.g. --device cuda without CUDA, before any process waits for another
+    distributed.start(procs)
+    tracker = None
+    if resume_run_id:
+        def fetch():
+            nonlocal tracker
+            tracker = tracking.MlflowRunTracker.reopen(settings.get("tracking.tracking_uri"), resume_run_id)
+            return fetch_resume_payload(tracker)
+
+        payload = distributed.on_main(fetch, procs, share=True)
         cfg = with_overrides(Config.from_dict(payload["config"]), settings)
-        click.echo(f"resuming run {resume_run_id} from epoch {payload['epoch']} of {cfg.train.epochs}", err=True)
+        if cfg.train.world_size != procs.world_size:
+            raise FaceganError(f"run {resume_run_id} was trained on {cfg.train.world_size} process(es); resume it on "
+                               f"as many (torchrun --nproc_per_node={cfg.train.world_size} ... --resume), "
+                               f"not {procs.world_size}")
+        training_device(cfg, procs)
+        if main:
+            click.echo(f"resuming run {resume_run_id} from epoch {payload['epoch']} of {cfg.train.epochs}", err=True)
     else:
         payload = None
-        tracking.connect(cfg.tracking.tracking_uri)  # an unreachable store fails before any work
+        # An unreachable store fails before any work.
+        distributed.on_main(lambda: tracking.connect(cfg.tracking.tracking_uri), procs)
 
     # Before the data and the run: a bad --evaluate value or missing weights fail in seconds.
-    extractor = training_extractor(cfg)
+    extractor = distributed.on_main(lambda: training_extractor(cfg), procs)
     dataset = load_data(cfg.data.source, num_images=cfg.data.num_images, image_size=cfg.model.image_size,
-                        seed=cfg.data.seed, progress=not quiet)
-    scorer = training_scorer(cfg, dataset, extractor=extractor, progress=not quiet)
+                        seed=cfg.data.seed, progress=not quiet and main)
+    scorer = distributed.on_main(lambda: training_scorer(cfg, dataset, extractor=extractor, progress=not quiet), procs)
+    if not main:
+        try:
+            run_training(cfg, dataset, None, resume_payload=payload, progress=False, processes=procs)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return
     if payload is None:
         tracker = tracking.MlflowRunTracker.start(cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
     click.echo(f"run {tracker.run_id} in experiment {cfg.tracking.experiment!r} at {uri}: "
                f"{cfg.train.loss}, {dataset.images.shape[0]} images of {cfg.model.image_size}px, "
                f"{cfg.train.epochs} epochs"
+               + (f", {procs.world_size} processes" if procs.distributed else "")
                + (f"; scoring every checkpoint ({scorer.space} features)" if scorer is not None else ""), err=True)
     tracker.send_timeout = cfg.tracking.send_timeout
     with tracking.MlflowRunSource(tracker.client, tracker.run_id, writer=tracker) as source:
         judge = None if scorer is None else training_judge(cfg, scorer, source, progress=not quiet)
         try:
-            trainer = run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet, judge=judge)
+            trainer = run_training(cfg, dataset, tracker, resume_payload=payload, progress=not quiet, judge=judge,
+                                   processes=procs)
         except KeyboardInterrupt:
+            again = "torchrun ... " if procs.distributed else ""
             click.echo(f"\ninterrupted: the last completed epoch is saved; continue with: "
-                       f"facegan train --resume {tracker.run_id}", err=True)
+                       f"{again}facegan train --resume {tracker.run_id}", err=True)
             click.echo(f"run_id: {tracker.run_id}")
             sys.exit(130)
     if judge is not None and judge.evaluation is not None:

@@ -64,6 +64,7 @@ class TrainConfig:
     schedule: str = "adaptive"  # the seed's accuracy balance, or "fixed": n_critic D steps per G step
     n_critic: int = 5  # fixed: D steps per G step; adaptive: D minibatches after a switch to D
     gp_weight: float = 10.0
+    gp_every: int = 1  # wgan-gp: the penalty on every k-th critic step, k times as strong (lazy, as StyleGAN2's R1)
     clip_value: float = 0.1  # WGAN weight clipping (the seed's 0.1, larger than the paper's 0.01)
     optimizer: str | None = None  # None: the seed's choice for the loss
     lr_g: float | None = None
@@ -74,6 +75,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False  # bf16 autocast: CUDA, or a CPU with AVX512-BF16/AMX
     channels_last: bool = True
+    sync_batchnorm: bool = False  # several CUDA processes: BatchNorm statistics over the whole minibatch
+    world_size: int = 1  # training processes (set from torchrun's WORLD_SIZE); batch_size is split among them
 
 
 @dataclass
@@ -257,11 +260,16 @@ def resolve(cfg: Config) -> Config:
     t.lr_d = lr if t.lr_d is None else t.lr_d
     t.beta1 = beta1 if t.beta1 is None else t.beta1
     t.beta2 = beta2 if t.beta2 is None else t.beta2
-    for key in ("epochs", "batch_size", "n_critic"):
+    for key in ("epochs", "batch_size", "n_critic", "gp_every", "world_size"):
         _positive(f"train.{key}", getattr(t, key))
     for key in ("lr_g", "lr_d", "clip_value"):
         _positive(f"train.{key}", getattr(t, key))
     _positive("train.gp_weight", t.gp_weight, allow_zero=True)
+    if t.gp_every != 1 and t.loss != "wgan-gp":
+        raise FaceganError(f"train.gp_every applies to the wgan-gp penalty only; train.loss is {t.loss!r}")
+    if t.batch_size % t.world_size:
+        raise FaceganError(f"train.batch_size ({t.batch_size}) is the whole minibatch, split evenly among the "
+                           f"{t.world_size} training processes: make it a multiple of {t.world_size}")
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(t, key) < 1:
             raise FaceganError(f"train.{key} must be in [0, 1), got {getattr(t, key)}")

@@ -101,14 +101,17 @@ class WGANGPObjective(WGANObjective):
 
 
 def gradient_penalty(
-    discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float = 10.0
+    discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float = 10.0,
+    alpha: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``weight * mean_i (||grad_x D(x_i)||_2 - 1)^2`` at random points between real and fake.
 
-    ``x_i = a_i * real_i + (1 - a_i) * fake_i`` with ``a_i ~ U[0, 1]`` per sample; the norm runs
-    over every pixel and channel of sample ``i``. ``fake`` must not require grad (detach it).
+    ``x_i = a_i * real_i + (1 - a_i) * fake_i`` with ``a_i ~ U[0, 1]`` per sample (drawn here
+    unless ``alpha``, N x 1 x 1 x 1, is given); the norm runs over every pixel and channel of
+    sample ``i``. ``fake`` must not require grad (detach it).
     """
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     mixed = torch.lerp(fake, real, alpha).requires_grad_(True)
     scores = discriminator(mixed)
     (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)

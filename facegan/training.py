@@ -13,6 +13,7 @@ G steps skip D's weight gradients, and a D step decided after scoring skips G's 
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import sys
@@ -32,6 +33,8 @@ from facegan.checkpoint import GENERATOR_FILE, generator_from_checkpoint, load_c
 from facegan.common import images_to_grid, select_device
 from facegan.config import Config, TrainConfig
 from facegan.dataset import Dataset
+from facegan import common, distributed
+from facegan.distributed import Processes
 from facegan.errors import FaceganError
 from facegan.losses import Objective, make_objective
 from facegan.models import build_discriminator, build_generator
@@ -85,6 +88,7 @@ class EpochTotals:
     loss_d: torch.Tensor | float = 0.0
     loss_g: torch.Tensor | float = 0.0
     penalty: torch.Tensor | float = 0.0
+    penalty_steps: int = 0  # D steps that computed the penalty (all of them unless train.gp_every > 1)
     accuracy_g: torch.Tensor | float = 0.0
     accuracy_d: torch.Tensor | float = 0.0
     d_steps: int = 0
@@ -107,7 +111,7 @@ class EpochTotals:
             "epoch_seconds": seconds,
         }
         if isinstance(self.penalty, torch.Tensor):
-            out["gradient_penalty"] = mean(self.penalty, self.d_steps)
+            out["gradient_penalty"] = mean(self.penalty, self.penalty_steps)
         # MLflow rejects NaN in some stores and charts break on it: drop what was not measured.
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
@@ -118,8 +122,10 @@ class Schedule:
 
     kind: str
     n_critic: int
+    gp_every: int = 1  # the penalty on every gp_every-th D step (lazy regularisation)
     d_streak: int = 0  # adaptive: D minibatches still owed after a switch to D
     cycle: int = 0  # fixed: position in the n_critic D steps + 1 G step cycle
+    penalty_phase: int = 0  # D steps since the last one with the penalty, modulo gp_every
 
     def forced(self) -> str | None:
         """"d" or "g" when the next step is known before scoring the minibatch, else None."""
@@ -127,7 +133,13 @@ class Schedule:
             return "d" if self.cycle < self.n_critic else "g"
         return "d" if self.d_streak > 0 else None
 
+    def penalty_due(self) -> bool:
+        """Whether the D step about to run adds the penalty (always when gp_every is 1)."""
+        return self.penalty_phase == 0
+
     def done(self, trained: str, *, switched_to_d: bool = False) -> None:
+        if trained == "d":
+            self.penalty_phase = (self.penalty_phase + 1) % self.gp_every
         if self.kind == "fixed":
             self.cycle = (self.cycle + 1) % (self.n_critic + 1)
         elif switched_to_d:
@@ -136,12 +148,22 @@ class Schedule:
             self.d_streak -= 1
 
     def state(self) -> dict:
-        return {"d_streak": self.d_streak, "cycle": self.cycle}
+        return {"d_streak": self.d_streak, "cycle": self.cycle, "penalty_phase": self.penalty_phase}
+
+    def restore(self, state: dict) -> None:
+        self.d_streak, self.cycle = state["d_streak"], state["cycle"]
+        self.penalty_phase = state.get("penalty_phase", 0) % self.gp_every  # absent before train.gp_every
 
 
 @dataclass
 class GAN:
-    """Both networks, their optimisers and the objective: everything a step touches."""
+    """Both networks, their optimisers and the objective: everything a step touches.
+
+    ``generator`` and ``discriminator`` are the networks themselves (their weights are what is
+    checkpointed and sampled); the steps call them through ``g_forward`` and ``d_forward``, which
+    are the same modules on one process and their DistributedDataParallel wrappers on several, so
+    that every gradient a step computes is averaged over the ranks before the optimiser uses it.
+    """
 
     generator: nn.Module
     discriminator: nn.Module
@@ -151,29 +173,39 @@ class GAN:
     latent_dim: int
     autocast: object = field(default_factory=lambda: nullcontext)
     memory_format: torch.memory_format = torch.contiguous_format
+    g_forward: nn.Module | None = None
+    d_forward: nn.Module | None = None
+    processes: Processes = field(default_factory=Processes)
 
     def __post_init__(self):
         self.g_params = list(self.generator.parameters())
         self.d_params = list(self.discriminator.parameters())
+        self.g_forward = self.g_forward or self.generator
+        self.d_forward = self.d_forward or self.discriminator
 
     def _generate(self, n: int, device) -> torch.Tensor:
         z = torch.randn(n, self.latent_dim, device=device)
         with self.autocast():
-            fake = self.generator(z)
+            fake = self.g_forward(z)
         # float32 like the real images: the penalty mixes both, and D's autocast casts anyway.
         return fake.float().contiguous(memory_format=self.memory_format)
 
     def _score(self, images: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return self.discriminator(images).float()
+            return self.d_forward(images).float()
 
-    def d_step(self, real, fake, scores_real, scores_fake, totals: EpochTotals, *, graph_into_g: bool):
+    def d_step(self, real, fake, scores_real, scores_fake, totals: EpochTotals, *, graph_into_g: bool,
+               penalty_scale: float = 1.0):
+        """One critic update. ``penalty_scale`` > 0 adds the gradient penalty times that factor
+        (``train.gp_every`` on the D steps that carry the lazy penalty, so that it weighs as much
+        as a penalty on every step); 0 leaves it out."""
         loss = self.objective.d_loss(scores_real, scores_fake)
-        if self.objective.needs_penalty:
+        if self.objective.needs_penalty and penalty_scale > 0:
             with self.autocast():
-                penalty = self.objective.penalty(self.discriminator, real, fake.detach()).float()
+                penalty = self.objective.penalty(self.d_forward, real, fake.detach()).float()
             totals.penalty = totals.penalty + penalty.detach()
-            loss = loss + penalty
+            totals.penalty_steps += 1
+            loss = loss + (penalty * penalty_scale if penalty_scale != 1 else penalty)
         self.opt_d.zero_grad(set_to_none=True)
         # When the fakes still hang on G's graph, restrict backward to D's weights: G's
         # gradients would be computed only to be thrown away.
@@ -199,16 +231,18 @@ class GAN:
         return acc_g, acc_d
 
     def step(self, real: torch.Tensor, schedule: Schedule, totals: EpochTotals) -> None:
-        """Train D or G on one minibatch of real images (float, [-1, 1], on the device)."""
+        """Train D or G on one minibatch of real images (float, [-1, 1], on the device); on several
+        processes, ``real`` is this rank's part of the minibatch."""
         n = real.shape[0]  # a short last minibatch gets as many fakes as it has reals
         totals.images += n
         forced = schedule.forced()
+        penalty_scale = float(schedule.gp_every) if schedule.penalty_due() else 0.0
         if forced == "d":
             with torch.no_grad():
                 fake = self._generate(n, real.device)
             scores_real, scores_fake = self._score(real), self._score(fake)
             self._record_accuracies(scores_real, scores_fake, totals)
-            self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=False)
+            self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=False, penalty_scale=penalty_scale)
             schedule.done("d")
         elif forced == "g":
             self.discriminator.requires_grad_(False)  # no D weight gradients in a G step
@@ -220,9 +254,14 @@ class GAN:
         else:  # adaptive: score first, then decide (the seed's rule)
             fake = self._generate(n, real.device)
             scores_real, scores_fake = self._score(real), self._score(fake)
-            acc_g, acc_d = torch.stack(self._record_accuracies(scores_real, scores_fake, totals)).tolist()
-            if acc_g / 2 >= acc_d:  # one host sync for both
-                self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=True)
+            accuracies = torch.stack(self._record_accuracies(scores_real, scores_fake, totals))
+            if self.processes.distributed:
+                # Every rank takes the same decision, from the accuracies over the whole minibatch
+                # (this rank's share of it times the world size is the minibatch).
+                accuracies = distributed.sum_over_ranks(accuracies.float(), self.processes) / self.processes.world_size
+            acc_g, acc_d = accuracies.tolist()  # one host sync for both
+            if acc_g / 2 >= acc_d:
+                self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=True, penalty_scale=penalty_scale)
                 schedule.done("d", switched_to_d=True)
             else:
                 self.g_step(scores_fake, totals)
@@ -239,15 +278,54 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def build_gan(cfg: Config, device: torch.device) -> GAN:
-    t = cfg.train
-    net = cfg.model.network()
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    generator = build_generator(net).to(device=device, memory_format=memory_format)
-    discriminator = build_discriminator(net).to(device=device, memory_format=memory_format)
-    if t.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` wrapped so that its gradients are averaged over the ranks in every backward.
+
+    Buffers (BatchNorm's running statistics) are not broadcast at every forward: each rank keeps
+    its own, rank 0's are the ones checkpointed, and no forward becomes a collective that every
+    rank would have to reach (only rank 0 draws the sample grid).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # torch 2.14 renamed broadcast_buffers (buffers are still made equal once, at the start).
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(module, device_ids=ids, output_device=device.index if ids else None, **no_sync)
+
+
+def check_device_options(cfg: Config, device: torch.device) -> None:
+    """Refuse the options this device cannot run, before a run is started for them."""
+    if cfg.train.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
         raise FaceganError("train.bf16 on the CPU needs native bf16 instructions (AVX512-BF16 or AMX), "
                            "which this CPU lacks; without them bf16 autocast is slower, not faster")
+    if cfg.train.sync_batchnorm and device.type != "cuda":
+        raise FaceganError("train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation; "
+                           "train on GPUs or leave it off (each rank then normalises its own part of the minibatch)")
+
+
+def training_device(cfg: Config, processes: Processes | None = None) -> torch.device:
+    """The device this process trains on, with the config's device-bound options checked."""
+    device = select_device((processes or Processes()).device_name(cfg.train.device))
+    check_device_options(cfg, device)
+    return device
+
+
+def build_gan(cfg: Config, device: torch.device, processes: Processes | None = None) -> GAN:
+    """Both networks, their optimisers and the objective on ``device``; on several processes,
+    each network wrapped in its own DistributedDataParallel (their parameters start from rank 0's)."""
+    t = cfg.train
+    processes = processes or Processes()
+    net = cfg.model.network()
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    generator = build_generator(net)
+    discriminator = build_discriminator(net)
+    check_device_options(cfg, device)
+    if t.sync_batchnorm and processes.distributed:  # one process: BatchNorm already sees the whole minibatch
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    generator = generator.to(device=device, memory_format=memory_format)
+    discriminator = discriminator.to(device=device, memory_format=memory_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
 
@@ -263,6 +341,9 @@ def build_gan(cfg: Config, device: torch.device) -> GAN:
         latent_dim=net.latent_dim,
         autocast=autocast,
         memory_format=memory_format,
+        g_forward=_data_parallel(generator, device) if processes.distributed else None,
+        d_forward=_data_parallel(discriminator, device) if processes.distributed else None,
+        processes=processes,
     )
 
 
@@ -297,29 +378,47 @@ class _StopRequest:
     in half; a second Ctrl-C interrupts at once, as usual.
     """
 
-    def __init__(self):
+    def __init__(self, processes: Processes | None = None, device: torch.device | None = None):
         self.requested = False
         self._previous = None
+        self._previous_term = None
+        self.processes = processes or Processes()
+        self.device = device or torch.device("cpu")
 
     def __enter__(self) -> "_StopRequest":
         try:
             self._previous = signal.signal(signal.SIGINT, self._on_signal)
+            if self.processes.distributed:
+                # torchrun passes Ctrl-C on as SIGINT, and SIGTERM to the survivors of a rank that
+                # died: both become a request that every rank honours at the same minibatch.
+                self._previous_term = signal.signal(signal.SIGTERM, self._on_signal)
         except ValueError:  # not the main thread: no handler, KeyboardInterrupt as usual
             self._previous = None
         return self
 
     def _on_signal(self, signum, frame):
+        first = not self.requested
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C is immediate
-        print("\nstopping after this minibatch (Ctrl-C again to stop at once)...", file=sys.stderr)
+        if not self.processes.distributed:
+            signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C is immediate
+            print("\nstopping after this minibatch (Ctrl-C again to stop at once)...", file=sys.stderr)
+        elif first and self.processes.is_main:
+            # Several processes stop together or not at all (a rank stopping alone would leave the
+            # others waiting in a collective), so later signals are not "stop at once" here.
+            print("\nstopping all training processes after this minibatch...", file=sys.stderr)
 
     def check(self) -> None:
-        if self.requested:
+        """Raise KeyboardInterrupt once a stop was requested (on any rank, when there are several)."""
+        if distributed.any_rank(self.requested, self.processes, self.device):
             raise KeyboardInterrupt
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_signal:
             signal.signal(signal.SIGINT, self._previous)
+        if self._previous_term is not None and signal.getsignal(signal.SIGTERM) == self._on_signal:
+            # Leaving on an error (another rank died, so torchrun is about to send SIGTERM): let
+            # this process record the failure and say why before it exits, instead of dying mid-way.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if exc_type is not None else self._previous_term)
         return False
 
 
@@ -349,23 +448,36 @@ class Trainer:
     """Runs (or resumes) one training run and logs it through a tracker."""
 
     def __init__(self, cfg: Config, dataset: Dataset, tracker: RunTracker, *, progress: bool = True,
-                 judge: CheckpointHook | None = None):
-        self.cfg, self.dataset, self.tracker, self.progress = cfg, dataset, tracker, progress
-        self.judge = judge
+                 judge: CheckpointHook | None = None, processes: Processes | None = None):
+        """On several processes (``processes`` from torchrun), every rank builds a Trainer with the
+        same config and data; only rank 0's ``tracker`` and ``judge`` are used."""
+        self.cfg, self.dataset, self.tracker = cfg, dataset, tracker
+        self.processes = processes = processes or Processes()
+        self.progress = progress and processes.is_main
+        self.judge = judge if processes.is_main else None
         self.stopped: tuple[str, str] | None = None  # (kind, reason) when the judge stopped training
-        self.device = select_device(cfg.train.device)
+        if cfg.train.world_size != processes.world_size:
+            raise FaceganError(f"train.world_size is {cfg.train.world_size} but {processes.world_size} "
+                               "training process(es) are running")
+        self.device = training_device(cfg, processes)
         if dataset.images.shape[-1] != cfg.model.image_size:
             raise FaceganError(
                 f"the data is {dataset.images.shape[-1]}x{dataset.images.shape[-1]} but model.image_size is "
                 f"{cfg.model.image_size}; prepare the data at that size or set --image-size"
             )
-        torch.manual_seed(cfg.train.seed)
-        self.gan = build_gan(cfg, self.device)
-        self.schedule = Schedule(cfg.train.schedule, cfg.train.n_critic)
+        self.data_digest = dataset.digest  # a sha256 over the whole tensor: compute it once
+        if len(set(distributed.gather_to_all(self.data_digest, processes))) > 1:
+            raise FaceganError("the training processes loaded different data (their dataset digests differ); "
+                               "give every machine the same --data file")
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        self.gan = build_gan(cfg, self.device, processes)
+        if processes.rank > 0:  # each rank its own latents and penalty points
+            torch.manual_seed(processes.seed(cfg.train.seed))
+        self.schedule = Schedule(cfg.train.schedule, cfg.train.n_critic, cfg.train.gp_every)
+        # The same order on every rank: each takes its own slice of every minibatch.
         self.shuffle_rng = torch.Generator().manual_seed(cfg.train.seed)
         self.latents = fixed_latents(cfg.tracking.num_samples, self.gan.latent_dim, cfg.train.seed).to(self.device)
         self.images = _place_dataset(dataset.images, self.device)
-        self.data_digest = dataset.digest  # a sha256 over the whole tensor: compute it once
         self.epoch = 0
         self.snapshot: dict | None = None
         # On resume: steps logged before an interruption are not logged again.
@@ -393,10 +505,21 @@ class Trainer:
                         "num_images": int(self.dataset.images.shape[0]), "image_size": self.cfg.model.image_size},
         }
 
-    def resume_payload(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_rng.get_state()}
+    def _rng_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def resume_payload(self) -> dict | None:
+        """Everything needed to continue training (rank 0's; None on the other ranks, which hand
+        their random states to rank 0 for it)."""
+        states = distributed.gather_to_all(self._rng_state(), self.processes)
+        if not self.processes.is_main:
+            return None
+        rng = {**states[0], "shuffle": self.shuffle_rng.get_state()}
+        if self.processes.distributed:
+            rng["ranks"] = states  # rank r continues from states[r]
         return {
             **self._common(),
             "kind": "resume",
@@ -421,14 +544,19 @@ class Trainer:
             self.gan.opt_d.load_state_dict(payload["optimizer_d"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise FaceganError(f"the resume state does not fit this run's networks: {str(exc).splitlines()[0]}") from None
-        torch.set_rng_state(payload["rng"]["torch"])
-        self.shuffle_rng.set_state(payload["rng"]["shuffle"])
-        if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        self.schedule.d_streak = payload["schedule"]["d_streak"]
-        self.schedule.cycle = payload["schedule"]["cycle"]
+        rng = payload["rng"]
+        ranks = rng.get("ranks", [rng])
+        if len(ranks) != self.processes.world_size:
+            raise FaceganError(f"this run was trained on {len(ranks)} process(es); resume it on as many "
+                               f"(it has {self.processes.world_size})")
+        own = ranks[self.processes.rank]
+        torch.set_rng_state(own["torch"])
+        self.shuffle_rng.set_state(rng["shuffle"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
+        self.schedule.restore(payload["schedule"])
         self.epoch = int(payload["epoch"])
-        self.snapshot = payload
+        self.snapshot = payload if self.processes.is_main else None
 
     def note_logged_steps(self) -> None:
         """On resume: steps logged before the interruption are not logged a second time."""
@@ -439,7 +567,7 @@ class Trainer:
     # -- logging ------------------------------------------------------------------------------
 
     def _log_samples(self, epoch: int) -> None:
-        if epoch in self.logged_image_steps:
+        if epoch in self.logged_image_steps or not self.processes.is_main:
             return
         g = self.gan.generator
         g.eval()
@@ -456,7 +584,7 @@ class Trainer:
 
     def _log_checkpoint(self, epoch: int) -> tuple[str | None, dict] | None:
         """Write the generator checkpoint; ``(model id, payload)``, or None when it was logged before."""
-        if epoch in self.logged_checkpoints:
+        if epoch in self.logged_checkpoints or not self.processes.is_main:
             return None
         # CPU tensors: a checkpoint is a file people move between machines.
         weights = {name: t.detach().cpu() for name, t in self.gan.generator.state_dict().items()}
@@ -473,24 +601,47 @@ class Trainer:
         self.stopped = self.judge.checkpoint_written(epoch, generator, label=checkpoint_name(epoch),
                                                      model_id=model_id, interrupt=stop.check)
 
-    def _save_resume(self, payload: dict) -> None:
+    def _save_resume(self, payload: dict | None) -> None:
+        if payload is None:  # not rank 0
+            return
         with _no_interrupts(), tempfile.TemporaryDirectory() as tmp:
             self.tracker.save_resume_state(save_checkpoint(payload, Path(tmp) / "state.pt"))
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run_epoch(self, stop: _StopRequest | None = None) -> EpochTotals:
+        """One pass over the data in minibatches of ``train.batch_size`` (on several processes,
+        each rank trains on its slice of every minibatch: together they see every image once)."""
         cfg = self.cfg.train
+        world, rank = self.processes.world_size, self.processes.rank
         totals = EpochTotals()
         n = self.images.shape[0]
         order = torch.randperm(n, generator=self.shuffle_rng)
         for start in range(0, n, cfg.batch_size):
-            index = order[start : start + cfg.batch_size].to(self.images.device)
-            batch = self.images.index_select(0, index).to(self.device, non_blocking=True)
+            index = order[start : start + cfg.batch_size]
+            if world > 1:
+                if index.numel() < world:  # a last minibatch too short to give every rank an image
+                    break
+                index = index.tensor_split(world)[rank]
+            batch = self.images.index_select(0, index.to(self.images.device)).to(self.device, non_blocking=True)
             real = (batch.float() / 127.5 - 1.0).contiguous(memory_format=self.gan.memory_format)
             self.gan.step(real, self.schedule, totals)
             if stop is not None:
                 stop.check()
+        return totals
+
+    def _over_ranks(self, totals: EpochTotals) -> EpochTotals:
+        """The epoch's figures over every rank: mean losses and accuracies, total images."""
+        if not self.processes.distributed:
+            return totals
+        names = ("loss_d", "loss_g", "penalty", "accuracy_g", "accuracy_d")
+        values = torch.stack([torch.as_tensor(getattr(totals, k), dtype=torch.float32, device=self.device).reshape(())
+                              for k in names] + [torch.tensor(float(totals.images), device=self.device)])
+        values = distributed.sum_over_ranks(values, self.processes)
+        for k, value in zip(names, values[:-1] / self.processes.world_size):
+            if isinstance(getattr(totals, k), torch.Tensor):  # a float 0.0 means "not measured"
+                setattr(totals, k, value)
+        totals.images = int(values[-1].item())
         return totals
 
     def fit(self) -> None:
@@ -501,10 +652,11 @@ class Trainer:
         bar = tqdm(total=cfg.train.epochs, initial=self.epoch, desc="train", unit="epoch",
                    disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
         try:
-            with _StopRequest() as stop:
+            with _StopRequest(self.processes, self.device) as stop:
                 self._epochs(stop, bar)
         except BaseException:
-            # Ctrl-C or a crash: keep what the last complete epoch reached, so --resume works.
+            # Ctrl-C or a crash: keep what the last complete epoch reached, so --resume works
+            # (rank 0 holds it; the other ranks have nothing to save).
             if self.snapshot is not None and self.snapshot["epoch"] > 0:
                 try:
                     self._save_resume(self.snapshot)
@@ -518,13 +670,13 @@ class Trainer:
         cfg, track = self.cfg, self.cfg.tracking
         for epoch in range(self.epoch + 1, cfg.train.epochs + 1):
             started = time.perf_counter()
-            totals = self.run_epoch(stop)
+            totals = self._over_ranks(self.run_epoch(stop))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             metrics = totals.metrics(time.perf_counter() - started)
             self.epoch = epoch
             last = epoch == cfg.train.epochs
-            if epoch not in self.logged_metric_steps:
+            if epoch not in self.logged_metric_steps and self.processes.is_main:
                 self.tracker.log_metrics(metrics, epoch)
             if epoch % track.sample_every == 0 or last:
                 self._log_samples(epoch)
@@ -536,6 +688,7 @@ class Trainer:
             bar.update(1)
             if written is not None and self.judge is not None:
                 self._judge(epoch, written, stop)
+            self.stopped = distributed.from_main(self.stopped, self.processes)  # rank 0 judges for all
             bar.set_postfix({  # in this order: tqdm sorts keyword arguments
                 "loss_d": f"{metrics.get('loss_d', float('nan')):.3f}",
                 "loss_g": f"{metrics.get('loss_g', float('nan')):.3f}",
@@ -561,12 +714,13 @@ def fetch_resume_payload(tracker: RunTracker) -> dict:
 def train(
     cfg: Config,
     dataset: Dataset,
-    tracker: RunTracker,
+    tracker: RunTracker | None,
     *,
     resume_payload: dict | None = None,
     progress: bool = True,
     trainer_class: Callable[..., Trainer] | None = None,
     judge: CheckpointHook | None = None,
+    processes: Processes | None = None,
 ) -> Trainer:
     """Train one run, or continue it from ``resume_payload``; marks it FINISHED, KILLED or FAILED.
 
@@ -574,28 +728,45 @@ def train(
     collapse benchmark's designed collapse, with the same logging and run lifecycle. ``judge``
     scores every checkpoint as it is written and may stop training early: the run is then
     FINISHED, with run tags saying why and at which epoch, and resumable with ``--resume``.
+
+    On several processes every rank calls this with the same config, data and resume state;
+    only rank 0 has a ``tracker`` (the others pass None) and a ``judge``.
     """
-    trainer = (trainer_class or Trainer)(cfg, dataset, tracker, progress=progress, judge=judge)
+    processes = processes or Processes()
+    main = processes.is_main
+    if main and tracker is None:
+        raise ValueError("rank 0 needs a tracker")
+    trainer = (trainer_class or Trainer)(cfg, dataset, tracker, progress=progress, judge=judge, processes=processes)
     if resume_payload is not None:
         trainer.restore(resume_payload)
         if trainer.epoch >= cfg.train.epochs:
             raise FaceganError(
-                f"run {tracker.run_id} already reached epoch {trainer.epoch} of {cfg.train.epochs}; "
+                f"run {tracker.run_id if main else ''} already reached epoch {trainer.epoch} of {cfg.train.epochs}; "
                 "pass a larger --epochs to continue it"
             )
-        trainer.note_logged_steps()
-        tracker.mark_running()
-    else:
+        if main:
+            trainer.note_logged_steps()
+            tracker.mark_running()
+    elif main:
         tracker.log_params(cfg.to_flat_dict())
         tracker.log_dataset(trainer.dataset_info())
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        tracker.finish("KILLED")
+        if main:
+            tracker.finish("KILLED")
         raise
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        if main:
+            tracker.finish("FAILED")
+        if processes.distributed and isinstance(exc, RuntimeError):
+            # A collective failed: in practice another rank ended (a crash, a kill, a lost machine).
+            resume = f"continue it with torchrun ... facegan train --resume {tracker.run_id}" if main else "see rank 0"
+            raise FaceganError(f"rank {processes.rank}: training stopped because another training process ended "
+                               f"({common.error_text(exc)}); the run keeps its last resume state: {resume}") from exc
         raise
+    if not main:  # the other ranks only train
+        return trainer
     if trainer.stopped is not None:
         kind, reason = trainer.stopped
         tracker.set_tags({STOPPED_TAG: kind, STOPPED_EPOCH_TAG: str(trainer.epoch), STOP_REASON_TAG: reason})
