@@ -118,8 +118,10 @@ _RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri", "evaluate
               "evaluate.register", "tracking.send_timeout"}
 _FEATURES_HELP = ("inception (standard FID; downloads weights once), dinov2 (DINOv2 ViT-B/14, as Stein et al. "
                   "2023 recommend; downloads weights once), random (offline, ranks within a study only), "
-                  "export:PATH (your own network saved with torch.export, a .pt2 file, or one from "
-                  "`facegan encoder`) or torchscript:PATH (the same saved with TorchScript)")
+                  "export:PATH (your own network saved with torch.export.save, a .pt2 file: images N x 3 x S "
+                  "x S in [0, 1] with a dynamic batch N, S from its extra file input_size, else its fixed input "
+                  "size, else 224; or one from `facegan encoder`) or torchscript:PATH (the same saved with "
+                  "TorchScript, S from its attribute input_size)")
 
 
 @main.command()
