@@ -626,7 +626,7 @@ def _network_format(file: Path) -> str | None:
                 return _EXPORT
             if "constants.pkl" in top and any(name.startswith("code/") for name in top):
                 return _TORCHSCRIPT
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except Exception:  # BadZipFile, zlib, CRC, OS errors: whatever it is, it is neither format
         return None
     return None
 

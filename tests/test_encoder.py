@@ -144,6 +144,7 @@ def test_cli_default_epochs_are_the_encoders_default(cli):
     assert f"[default: {EncoderSettings().epochs};" in " ".join(proc.stdout.split())
 
 
+@pytest.mark.slow
 def test_cli_encoder_then_evaluate_with_the_program(cli, tmp_path):
     from PIL import Image
 
