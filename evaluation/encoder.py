@@ -16,10 +16,10 @@ image's nearest real neighbour shares its attribute or digit):
   things are (mouth, glasses, each stroke of a digit) survives pooling, as in the random CNN's
   quadrant means.
 
-The trained encoder is saved as TorchScript and used like any other network:
-``facegan encoder --data synthetic --out enc.pt`` then ``facegan evaluate --features
-torchscript:enc.pt``. Train it once per dataset and keep the file: scores from different
-encoders are not comparable.
+The trained encoder is saved as a torch.export program and used like any other network:
+``facegan encoder --data synthetic --out enc.pt2`` then ``facegan evaluate --features
+export:enc.pt2`` (a ``.pt`` name writes TorchScript instead, for ``torchscript:enc.pt``). Train it
+once per dataset and keep the file: scores from different encoders are not comparable.
 
 Example:
     >>> from facegan.synthetic import synthetic_faces
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +79,8 @@ class Encoder(nn.Module):
 
     Four 3x3 conv blocks (BatchNorm, ReLU; stride 2 after the first), then average pooling over
     a 2 x 2 grid of the 4 x 4 map (one mean per channel and quadrant).
-    ``input_size`` tells :class:`evaluation.features.TorchScriptExtractor` what to resize to.
+    ``input_size`` tells :mod:`evaluation.features` what to resize to (TorchScript keeps the
+    attribute; :func:`save_encoder` writes it into a torch.export program's extra files).
     """
 
     def __init__(self, width: int = 32):
@@ -181,11 +181,30 @@ def train_encoder(images: torch.Tensor, settings: EncoderSettings = EncoderSetti
     return encoder.eval()
 
 
+def export_encoder(encoder: Encoder) -> torch.export.ExportedProgram:
+    """The encoder in eval mode as a torch.export program: N x 3 x 32 x 32 in (any N >= 1)."""
+    example = torch.zeros(2, 3, encoder.input_size, encoder.input_size)  # 2: a batch of 1 would be fixed
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(encoder.eval(), (example,), dynamic_shapes=({0: batch},))
+
+
+def encoder_format(path: str | Path) -> str:
+    """The feature-space kind a file written by :func:`save_encoder` is read with: ``torchscript``
+    for a ``.pt`` name, ``export`` (a torch.export program; ``.pt2`` recommended) for any other."""
+    return "torchscript" if Path(path).suffix == ".pt" else "export"
+
+
 def save_encoder(encoder: Encoder, path: str | Path) -> Path:
-    """Write the encoder as TorchScript, atomically; usable as ``--features torchscript:PATH``."""
-    with warnings.catch_warnings():
-        # torch 2.11+ flags TorchScript as deprecated; it is still the one self-contained format
-        # that loads without this code (see evaluation.features.TorchScriptExtractor).
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")
-        scripted = torch.jit.script(encoder.eval())
+    """Write the encoder atomically, for ``--features KIND:PATH`` with KIND :func:`encoder_format`.
+
+    A torch.export program (``torch.export.save``; the input size also in its extra file
+    ``input_size``) unless the name ends in ``.pt``: TorchScript, deprecated by PyTorch (whose
+    warnings are shown), kept for encoders made before.
+    """
+    encoder = encoder.eval()
+    if encoder_format(path) == "torchscript":
+        scripted = torch.jit.script(encoder)
         return atomic_write(path, lambda f: torch.jit.save(scripted, f))
+    program = export_encoder(encoder)
+    extra = {"input_size": str(encoder.input_size)}
+    return atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra))

@@ -59,10 +59,12 @@ def cache_dir() -> Path:
 
 
 def space_label(extractor: FeatureExtractor) -> str:
-    """Metric prefix for a feature space: ``inception``, ``random``, ``torchscript-<file stem>``."""
-    if extractor.name.startswith("torchscript:"):
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(extractor.name.split(":", 1)[1]).stem)
-        return f"torchscript-{stem}"
+    """Metric prefix for a feature space: ``inception``, ``random``, ``export-<file stem>``,
+    ``torchscript-<file stem>``."""
+    kind, _, path = extractor.name.partition(":")
+    if kind in ("export", "torchscript") and path:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)
+        return f"{kind}-{stem}"
     return extractor.name
 
 

@@ -1,6 +1,6 @@
 """Feature extractors: images in, one float64 feature vector per image out.
 
-Three feature spaces, chosen with :func:`get_extractor` by a spec string:
+The feature spaces, chosen with :func:`get_extractor` by a spec string:
 
 - ``inception``: the standard FID network, the TensorFlow-ported Inception-v3
   (``pt_inception-2015-12-05``) as used by torchmetrics and torch-fidelity, 2048-d pool features.
@@ -8,7 +8,10 @@ Three feature spaces, chosen with :func:`get_extractor` by a spec string:
 - ``random``: a small CNN whose weights are drawn from a fixed numpy seed, so it is identical on
   every machine and torch version and needs no download. Its numbers rank checkpoints within one
   study; they are not comparable with published FIDs.
-- ``torchscript:PATH``: any network exported with TorchScript (e.g. a face-recognition embedding).
+- ``dinov2``: DINOv2 ViT-B/14 class-token features (timm), as Stein et al. (2023) recommend.
+- ``export:PATH``: any network saved with ``torch.export`` (a ``.pt2`` file, e.g. a face-recognition
+  embedding, or what ``facegan encoder`` writes).
+- ``torchscript:PATH``: the same for a network saved with TorchScript (deprecated by PyTorch).
 
 Resizing, the same rule for every extractor: the uint8 image is converted to float (values kept in
 0..255) and resized to the network's square input size with
@@ -32,10 +35,12 @@ import abc
 import hashlib
 import inspect
 import io
+import logging
 import os
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +57,7 @@ from facegan.errors import FaceganError
 __all__ = [
     "FeatureExtractor",
     "DinoV2Extractor",
+    "ExportedProgramExtractor",
     "InceptionExtractor",
     "RandomCNNExtractor",
     "TorchScriptExtractor",
@@ -231,7 +237,7 @@ def register_extractor(kind: str, *, argument: str | None = None) -> Callable[[_
 
 
 def extractor_specs() -> list[str]:
-    """The valid spec forms, e.g. ``["inception", "random", "torchscript:PATH"]``."""
+    """The valid spec forms, e.g. ``["export:PATH", "inception", "random", "torchscript:PATH"]``."""
     return [kind if reg.argument is None else f"{kind}:{reg.argument}" for kind, reg in sorted(_REGISTRY.items())]
 
 
@@ -242,8 +248,8 @@ def get_extractor(
     """Build the feature extractor that ``spec`` names.
 
     Args:
-        spec: ``"inception"``, ``"dinov2"``, ``"random"`` or ``"torchscript:PATH"`` (see
-            :func:`extractor_specs`).
+        spec: ``"inception"``, ``"dinov2"``, ``"random"``, ``"export:PATH"`` or
+            ``"torchscript:PATH"`` (see :func:`extractor_specs`).
         inception_weights: local file with the FID Inception weights (``--inception-weights``);
             only valid with ``inception``.
         dinov2_weights: local file with the DINOv2 weights (``--dinov2-weights``); only valid with
@@ -252,7 +258,7 @@ def get_extractor(
 
     Raises:
         FaceganError: unknown spec, missing or extra argument, unusable device, or the
-            extractor cannot be built (missing weights, bad TorchScript file).
+            extractor cannot be built (missing weights, bad network file).
     """
     kind, has_argument, argument = spec.partition(":")
     registration = _REGISTRY.get(kind)
@@ -600,13 +606,191 @@ def _dinov2_hub_file() -> Path:
         raise offline(f"{type(error).__name__}: {error}") from None
 
 
-# --- torchscript ------------------------------------------------------------------------------
+# --- your own network: torch.export programs and TorchScript ----------------------------------
+
+# What a network file is, told by its content (both formats are zip archives under one root folder).
+_EXPORT, _TORCHSCRIPT = "export", "torchscript"
+_EXPORT_LOGGER = "torch.export"  # torch.export.load logs a failed read there, traceback included
+
+
+def _network_format(file: Path) -> str | None:
+    """``"export"`` for a torch.export archive (``torch.export.save``: ``<root>/archive_format``
+    holds ``pt2``), ``"torchscript"`` for ``torch.jit.save``'s layout (``<root>/constants.pkl`` and
+    ``<root>/code/``), ``None`` for anything else, a truncated zip included."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+            top = [name.split("/", 1)[1] for name in names if name.count("/") >= 1]
+            marker = next((name for name in names if name.count("/") == 1 and name.endswith("/archive_format")), None)
+            if marker is not None and archive.read(marker).strip() == b"pt2":
+                return _EXPORT
+            if "constants.pkl" in top and any(name.startswith("code/") for name in top):
+                return _TORCHSCRIPT
+    except Exception:  # BadZipFile, zlib, CRC, OS errors: whatever it is, it is neither format
+        return None
+    return None
+
+
+class _NetworkFileExtractor(FeatureExtractor):
+    """What both file formats share: inputs in [0, 1], ``dim`` from a probe, the file's digest."""
+
+    DEFAULT_INPUT_SIZE: ClassVar[int] = 224
+    _KIND: ClassVar[str]
+    _FORMAT_NAME: ClassVar[str]
+
+    def _finish(self, path: str | os.PathLike, file: Path, size: int) -> None:
+        self.name = f"{self._KIND}:{path}"
+        self.input_size = size
+        self.comparable_to_published = False
+        self.note = (
+            f"features of the {self._FORMAT_NAME} network {file.name}: the numbers rank checkpoints within one "
+            f"study and are not comparable with published FIDs"
+        )
+        self.identity = f"{self._KIND}-{_file_digest(file)}"
+        try:
+            with torch.inference_mode():
+                probe = self._embed(torch.zeros(1, 3, size, size, device=self.device))
+        except Exception as error:  # whatever the user's network raises
+            raise FaceganError(f"{file}: the network failed on a 1 x 3 x {size} x {size} image: "
+                               f"{_first_line(error)}") from None
+        self.dim = probe.reshape(1, -1).shape[1]
+
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._network(batch / 255.0)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _positive_int(value: object) -> int | None:
+    """``value`` as a positive int (an int, or a string of digits), else None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+@register_extractor("export", argument="PATH")
+class ExportedProgramExtractor(_NetworkFileExtractor):
+    """Any network saved with ``torch.export.export`` and ``torch.export.save`` (a ``.pt2`` file).
+
+    The program receives float32 images N x 3 x S x S with values in [0, 1] (RGB); put any other
+    normalisation inside the exported module, and export it in eval mode (``module.eval()``) on the
+    CPU. Its batch dimension must be dynamic, e.g.
+    ``dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)``. S is, in order: the archive's extra
+    file ``input_size`` (a string of digits, as TorchScript's integer attribute ``input_size``:
+    ``torch.export.save(program, path, extra_files={"input_size": "112"})``); the program's own
+    input size when it was exported with a fixed square S x S; else 224. Its output, whatever its
+    shape, is flattened to one vector per image. The program is run once on a blank image at
+    construction to learn ``dim``. ``facegan encoder --out FILE.pt2`` writes one. As with TorchScript,
+    loading unpickles parts of the file: use files you trust.
+
+    Args:
+        path: the ``.pt2`` file (any name; the format is told by the content).
+        device: torch device; the program is moved there with ``torch.export.passes.move_to_device_pass``.
+
+    Raises:
+        FaceganError: the file is missing, not a torch.export program (TorchScript files are named
+            as such), unreadable by this PyTorch, has a fixed batch size or a bad ``input_size``, or
+            the program fails on an image.
+    """
+
+    _KIND = _EXPORT
+    _FORMAT_NAME = "torch.export"
+
+    def __init__(self, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise FaceganError(f"torch.export program not found: {file}")
+        self.device = torch.device(device)
+        found = _network_format(file)
+        if found == _TORCHSCRIPT:
+            raise FaceganError(f"{file} is a TorchScript module, not a torch.export program; use the feature "
+                               f"space torchscript:{path}")
+        if found is None:
+            raise FaceganError(f"{file} is not a torch.export program (a complete .pt2 archive written by "
+                               f"torch.export.save); is it truncated or another kind of file?")
+        program, extra = self._load(file)
+        self._check_batch_is_dynamic(file, program)
+        size = self._input_size(file, program, extra)
+        if self.device.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, self.device)
+        self._network = program.module()
+        self._finish(path, file, size)
+
+    @staticmethod
+    def _load(file: Path) -> tuple[torch.export.ExportedProgram, dict[str, str | None]]:
+        # torch.export.load logs a failed read with its traceback before raising a vaguer error
+        # ("check the warnings above"); that one record becomes this error's reason instead.
+        failures: list[logging.LogRecord] = []
+
+        def keep_failure(record: logging.LogRecord) -> bool:
+            if record.exc_info and record.getMessage().startswith("Ran into the following error"):
+                failures.append(record)
+                return False
+            return True
+
+        logger = logging.getLogger(_EXPORT_LOGGER)
+        # torch.export.load fills in the archive's extra files only into a non-empty dict.
+        extra: dict[str, str | None] = {"input_size": None}
+        logger.addFilter(keep_failure)
+        try:
+            # An open file, not the name: torch warns about names that do not end in .pt2.
+            with file.open("rb") as handle:
+                program = torch.export.load(handle, extra_files=extra)
+        except Exception as error:  # RuntimeError, zip, json and schema errors by what is wrong
+            cause = failures[0].exc_info[1] if failures and failures[0].exc_info else error
+            raise FaceganError(
+                f"cannot load the torch.export program {file} (damaged, or written by another PyTorch than this "
+                f"one, {torch.__version__}): {type(cause).__name__}: {_first_line(cause)}"
+            ) from None
+        finally:
+            logger.removeFilter(keep_failure)
+        return program, extra
+
+    @staticmethod
+    def _image_input_shape(program: torch.export.ExportedProgram) -> tuple | None:
+        """The shape (ints and symbols) of the program's one tensor input, None when it has not one."""
+        names = list(program.graph_signature.user_inputs)
+        if len(names) != 1:
+            return None
+        node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0]), None)
+        value = node.meta.get("val") if node is not None else None
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+    def _check_batch_is_dynamic(self, file: Path, program: torch.export.ExportedProgram) -> None:
+        shape = self._image_input_shape(program)
+        if shape and isinstance(shape[0], int):
+            raise FaceganError(
+                f"{file}: the program takes a fixed batch of {shape[0]} images; export it with a dynamic batch "
+                f"dimension: torch.export.export(module, (images,), dynamic_shapes=({{0: torch.export.Dim("
+                f"'batch', min=1)}},))"
+            )
+
+    def _input_size(self, file: Path, program: torch.export.ExportedProgram, extra: dict[str, str | None]) -> int:
+        if extra.get("input_size") is not None:
+            size = _positive_int(extra["input_size"])
+            if size is None:
+                raise FaceganError(f"{file}: extra file input_size must hold a positive integer, got "
+                                   f"{extra['input_size']!r}")
+            return size
+        shape = self._image_input_shape(program)
+        if shape and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3]:
+            return shape[2]
+        return self.DEFAULT_INPUT_SIZE
 
 
 @register_extractor("torchscript", argument="PATH")
-class TorchScriptExtractor(FeatureExtractor):
+class TorchScriptExtractor(_NetworkFileExtractor):
     """Any network exported with ``torch.jit.script``/``torch.jit.trace`` and ``torch.jit.save``.
 
+    TorchScript is deprecated in PyTorch (2.11+ warns on ``torch.jit.load``; that warning is shown);
+    ``export:PATH`` (:class:`ExportedProgramExtractor`) takes its successor, torch.export programs.
     The network receives float32 images N x 3 x S x S with values in [0, 1] (RGB); put any other
     normalisation inside the exported module. S is the module's integer attribute ``input_size``
     when it has one, else 224. Its output, whatever its shape, is flattened to one vector per
@@ -617,22 +801,23 @@ class TorchScriptExtractor(FeatureExtractor):
         device: torch device.
 
     Raises:
-        FaceganError: the file is missing, not TorchScript, or the network fails on an image.
+        FaceganError: the file is missing, not TorchScript (torch.export programs are named as
+            such), or the network fails on an image.
     """
 
-    DEFAULT_INPUT_SIZE: ClassVar[int] = 224
+    _KIND = _TORCHSCRIPT
+    _FORMAT_NAME = "TorchScript"
 
     def __init__(self, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> None:
         file = Path(path)
         if not file.is_file():
             raise FaceganError(f"TorchScript file not found: {file}")
         self.device = torch.device(device)
+        if _network_format(file) == _EXPORT:
+            raise FaceganError(f"{file} is a torch.export program, not TorchScript; use the feature space "
+                               f"export:{path}")
         try:
-            with warnings.catch_warnings():
-                # torch 2.11+ flags TorchScript as deprecated (FutureWarning or DeprecationWarning,
-                # by version) in favour of torch.export; the user chose this format on purpose.
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
-                self._network = torch.jit.load(str(file), map_location=self.device).eval()
+            self._network = torch.jit.load(str(file), map_location=self.device).eval()
         except Exception as error:  # torch.jit.load raises RuntimeError or zipfile/pickle errors
             raise FaceganError(
                 f"{file} is not a TorchScript module (save one with torch.jit.save), or one written by a newer "
@@ -641,20 +826,4 @@ class TorchScriptExtractor(FeatureExtractor):
         size = getattr(self._network, "input_size", self.DEFAULT_INPUT_SIZE)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise FaceganError(f"{file}: attribute input_size must be a positive int, got {size!r}")
-        self.name = f"torchscript:{path}"
-        self.input_size = size
-        self.comparable_to_published = False
-        self.note = (
-            f"features of the TorchScript network {file.name}: the numbers rank checkpoints within one "
-            f"study and are not comparable with published FIDs"
-        )
-        self.identity = f"torchscript-{_file_digest(file)}"
-        try:
-            with torch.inference_mode():
-                probe = self._embed(torch.zeros(1, 3, size, size, device=self.device))
-        except Exception as error:  # whatever the user's network raises
-            raise FaceganError(f"{file}: the network failed on a 1 x 3 x {size} x {size} image: {error}") from None
-        self.dim = probe.reshape(1, -1).shape[1]
-
-    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._network(batch / 255.0)
+        self._finish(path, file, size)

@@ -117,8 +117,11 @@ _RESUMABLE = {"train.epochs", "train.device", "tracking.tracking_uri", "evaluate
               "evaluate.inception_weights", "evaluate.dinov2_weights", "evaluate.stop_on_collapse", "evaluate.stop_patience",
               "evaluate.register", "tracking.send_timeout"}
 _FEATURES_HELP = ("inception (standard FID; downloads weights once), dinov2 (DINOv2 ViT-B/14, as Stein et al. "
-                  "2023 recommend; downloads weights once), random (offline, ranks within a study only) or "
-                  "torchscript:PATH (your own network, or one from `facegan encoder`)")
+                  "2023 recommend; downloads weights once), random (offline, ranks within a study only), "
+                  "export:PATH (your own network saved with torch.export.save, a .pt2 file: images N x 3 x S "
+                  "x S in [0, 1] with a dynamic batch N, S from its extra file input_size, else its fixed input "
+                  "size, else 224; or one from `facegan encoder`) or torchscript:PATH (the same saved with "
+                  "TorchScript, S from its attribute input_size)")
 
 
 @main.command()
@@ -437,7 +440,10 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
 @click.option("--image-size", type=int, default=80, show_default=True,
               help="Size the data is loaded at, as the run's; the encoder itself sees 32 x 32.")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the built-in synthetic faces.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="TorchScript file to write, e.g. encoder.pt.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="File to write, e.g. encoder.pt2: a torch.export program (with its input size as the extra file "
+                   "input_size), for --features export:OUT; a name ending in .pt writes TorchScript (deprecated by "
+                   "PyTorch) for --features torchscript:OUT.")
 # 60 is EncoderSettings.epochs (tests check they agree); not imported here, to keep torch out of --help.
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True, help="Training epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the encoder's training.")
@@ -449,15 +455,15 @@ def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, q
 
     Trains a small CNN self-supervised (SimCLR: two random views of each image, cropped,
     shifted, mirrored and slightly colour-jittered, must match) on the real images and writes
-    it as TorchScript. It needs no download and, unlike `random`, learns what tells these faces apart. Use it with
-    `facegan evaluate --features torchscript:OUT`; train it once per dataset and keep the file,
-    since scores from two encoders are not comparable. About 4 minutes for 2000 images on 2 CPU
-    cores.
+    it as a torch.export program. It needs no download and, unlike `random`, learns what tells
+    these faces apart. Use it with `facegan evaluate --features export:OUT` (`torchscript:OUT`
+    for a .pt file); train it once per dataset and keep the file, since scores from two encoders
+    are not comparable. About 4 minutes for 2000 images on 2 CPU cores.
     """
     import time
     from pathlib import Path
 
-    from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
+    from evaluation.encoder import EncoderSettings, encoder_format, save_encoder, train_encoder
     from facegan.data import load_data
 
     if Path(out).exists() and not force:
@@ -467,7 +473,7 @@ def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, q
     model = train_encoder(dataset.images, EncoderSettings(epochs=epochs, seed=seed), progress=not quiet)
     save_encoder(model, out)
     click.echo(f"trained on {dataset.images.shape[0]} images in {time.perf_counter() - started:.0f} s; "
-               f"use: facegan evaluate --features torchscript:{out}", err=True)
+               f"use: facegan evaluate --features {encoder_format(out)}:{out}", err=True)
     click.echo(f"encoder: {out}")
 
 

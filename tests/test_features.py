@@ -1,7 +1,10 @@
-"""Feature extractors: the random CNN, Inception weight loading (with weights the test makes), TorchScript."""
+"""Feature extractors: the random CNN, Inception weight loading (with weights the test makes), torch.export
+programs and TorchScript."""
 
 import doctest
+import hashlib
 import os
+import re
 import warnings
 
 import numpy as np
@@ -44,8 +47,8 @@ def test_resize_is_antialiased_bilinear_and_skips_matching_sizes():
 
 
 def test_specs_and_unknown_spec():
-    assert extractor_specs() == ["dinov2", "inception", "random", "torchscript:PATH"]
-    with pytest.raises(FaceganError, match="dinov2, inception, random, torchscript:PATH"):
+    assert extractor_specs() == ["dinov2", "export:PATH", "inception", "random", "torchscript:PATH"]
+    with pytest.raises(FaceganError, match="dinov2, export:PATH, inception, random, torchscript:PATH"):
         get_extractor("vgg")
 
 
@@ -54,6 +57,7 @@ def test_specs_and_unknown_spec():
     [
         ("random:3", {}, "takes no argument"),
         ("torchscript", {}, "needs an argument: torchscript:PATH"),
+        ("export:", {}, "needs an argument: export:PATH"),
         ("random", {"inception_weights": "w.pth"}, "--inception-weights applies only"),
         ("random", {"device": "tpu:what"}, "invalid device"),
     ],
@@ -87,7 +91,7 @@ def test_registry_checks_what_it_registers():
         register_extractor("nodevice")(NoDevice)
     with pytest.raises(TypeError, match="one positional argument"):
         register_extractor("needspath", argument="PATH")(RandomCNNExtractor)
-    assert extractor_specs() == ["dinov2", "inception", "random", "torchscript:PATH"]
+    assert extractor_specs() == ["dinov2", "export:PATH", "inception", "random", "torchscript:PATH"]
 
 
 # --- random ---------------------------------------------------------------------------------------
@@ -351,6 +355,159 @@ def test_bad_torchscript_files_are_clear_errors(tmp_path, make, message):
     path = make(tmp_path / "net.pt")
     with pytest.raises(FaceganError, match=message):
         get_extractor(f"torchscript:{path}")
+
+
+def test_torchscript_files_are_told_from_torch_export_programs(tmp_path):
+    program = save_program(Probe(), tmp_path / "probe.pt2")
+    with pytest.raises(FaceganError, match=r"is a torch.export program, not TorchScript; use the feature space export:"):
+        get_extractor(f"torchscript:{program}")
+
+
+# --- torch.export ---------------------------------------------------------------------------------
+
+BATCH = torch.export.Dim("batch", min=1)
+
+
+def save_program(module, path, *, side=40, dynamic_shapes=({0: BATCH},), extra_files=None):
+    """``module`` in eval mode exported on a 2 x 3 x side x side example and saved with torch.export."""
+    program = torch.export.export(module.eval(), (torch.zeros(2, 3, side, side),), dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, str(path), extra_files=extra_files)
+    return path
+
+
+class SmallNet(torch.nn.Module):
+    """A conv net with batch norm (running statistics set) and a normalised output, as a user's embedding."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+        batch_norm = self.body[1]
+        batch_norm.running_mean.uniform_(-0.5, 0.5)
+        batch_norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.body((x - 0.5) * 4), dim=1)
+
+
+class SideProbe(torch.nn.Module):
+    """Probe for programs with a dynamic image size: the side as a tensor, not a Python float."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        return torch.cat([x.new_ones(n, 1) * x.shape[-1], x.mean(dim=(2, 3)), x.amax(dim=(1, 2, 3)).unsqueeze(1)], 1)
+
+
+# An exported program runs the same aten kernels as the eager module: on the CPU the features were equal
+# to the bit (max abs difference 0.0); 1e-6 leaves room for float32 rounding of another kernel choice.
+EXPORT_ATOL = 1e-6
+
+
+def test_exported_program_gives_the_eager_modules_features_at_any_batch_size(tmp_path):
+    net = SmallNet().eval()
+    path = save_program(net, tmp_path / "net.pt2", side=40, extra_files={"input_size": "40"})
+    extractor = get_extractor(f"export:{path}")
+    assert extractor.input_size == 40 and extractor.dim == 64 and not extractor.comparable_to_published
+    images = random_images(13, size=80)
+    with torch.inference_mode():
+        eager = net(resize_images(images.float(), 40) / 255.0).double().numpy()
+    for batch_size in (5, 13):  # batches of 5, 5, 3 and one of 13: the batch dimension is dynamic
+        features = extractor.extract(images, batch_size=batch_size)
+        assert features.shape == (13, 64)
+        np.testing.assert_allclose(features, eager, rtol=0, atol=EXPORT_ATOL)
+    assert extractor.extract(images[:1]).shape == (1, 64)
+
+
+def test_exported_program_name_and_identity_follow_the_file(tmp_path):
+    from evaluation.engine import space_label
+
+    path = save_program(SmallNet(), tmp_path / "my net.pt2")
+    extractor = get_extractor(f"export:{path}")
+    assert extractor.name == f"export:{path}" and space_label(extractor) == "export-my_net"
+    assert extractor.identity == f"export-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    other = save_program(SmallNet().train(), tmp_path / "other.pt2")  # the same network in training mode
+    assert get_extractor(f"export:{other}").identity != extractor.identity
+
+
+def test_exported_program_input_size(tmp_path):
+    dynamic = ({0: BATCH, 2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)},)
+    cases = [
+        (save_program(SideProbe(), tmp_path / "extra.pt2", dynamic_shapes=dynamic, extra_files={"input_size": "48"}), 48),
+        (save_program(Probe(), tmp_path / "fixed-side.pt2", side=40), 40),  # the program's own fixed size
+        (save_program(SideProbe(), tmp_path / "dynamic.pt2", dynamic_shapes=dynamic), 224),
+    ]
+    for path, size in cases:
+        extractor = get_extractor(f"export:{path}")
+        assert extractor.input_size == size
+        values = extractor.extract(torch.full((3, 3, 20, 20), 255, dtype=torch.uint8))
+        np.testing.assert_allclose(values, np.tile([size, 1.0, 1.0, 1.0, 1.0], (3, 1)), rtol=1e-6)
+
+
+def truncated_program(path):
+    save_program(SmallNet(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def damaged_program(path):
+    """A complete archive whose program description is garbled."""
+    save_program(SmallNet(), path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b'"graph_module"')
+    data[start:start + 64] = bytes(b ^ 0x55 for b in data[start:start + 64])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def torch_save_file(path):
+    torch.save({"weight": torch.zeros(3)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda path: path, "torch.export program not found"),
+        (truncated_program, r"is not a torch.export program \(a complete .pt2 archive written by torch.export.save\)"),
+        (lambda path: path.write_text("not a model") and path, "is not a torch.export program"),
+        (torch_save_file, "is not a torch.export program"),
+        (damaged_program, r"cannot load the torch.export program .*: JSONDecodeError"),
+        (lambda path: save_script(Probe(), path), "is a TorchScript module, not a torch.export program; use the "
+                                                  "feature space torchscript:"),
+        (lambda path: save_program(Probe(), path, dynamic_shapes=None), "fixed batch of 2 images; export it with a "
+                                                                        "dynamic batch dimension"),
+        (lambda path: save_program(Probe(), path, extra_files={"input_size": "big"}),
+         "extra file input_size must hold a positive integer, got 'big'"),
+        (lambda path: save_program(Probe(), path, side=32, extra_files={"input_size": "48"}),
+         "the network failed on a 1 x 3 x 48 x 48 image"),
+    ],
+)
+def test_bad_exported_programs_are_clear_errors(tmp_path, make, message):
+    path = make(tmp_path / "net.pt2")
+    with pytest.raises(FaceganError, match=message):
+        get_extractor(f"export:{path}")
+
+
+@pytest.mark.slow
+def test_bad_network_files_are_one_error_line_from_the_cli(cli, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "samples" / "1").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "samples" / "1" / "0.png")
+    cases = [
+        (f"export:{truncated_program(tmp_path / 'truncated.pt2')}", r"truncated.pt2 is not a torch.export program"),
+        (f"export:{damaged_program(tmp_path / 'damaged.pt2')}", r"cannot load the torch.export program"),
+        (f"export:{torch_save_file(tmp_path / 'weights.pt')}", r"weights.pt is not a torch.export program"),
+    ]  # (the two formats naming each other: test_bad_exported_programs_are_clear_errors and above)
+    for spec, message in cases:
+        proc = cli("evaluate", "--samples", tmp_path / "samples", "--real", tmp_path / "samples", "--features", spec,
+                   "--quiet", check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+        assert re.search(message, lines[0]), lines[0]
 
 
 def test_docstring_example_runs():
