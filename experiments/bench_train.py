@@ -7,7 +7,9 @@ the chosen loss through everything (a D step also computes G's gradients, which 
 zeroed); WGAN-GP's penalty as the seed computes it. Both loops follow the same sequence of steps
 (5 D steps, then 1 G step) so neither gains from a different mix. facegan runs at its default
 batch size and, for information, at the seed's 20, with bf16 autocast where the device has native
-bf16 (a CUDA GPU, or a CPU with AVX512-BF16/AMX), and on a GPU at minibatch 256.
+bf16 (a CUDA GPU, or a CPU with AVX512-BF16/AMX), and on a GPU at minibatch 256. WGAN-GP also
+runs with the lazy penalty (``train.gp_every = 4``: the penalty on every 4th critic step, 4
+times as strong); ``experiments/bench_lazy_penalty.py`` checks what that costs in quality.
 
 Usage:
     python experiments/bench_train.py [--device auto|cpu|cuda] [--seconds 20] [--losses wgan-gp,...]
@@ -31,6 +33,7 @@ from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf
 
 SEED_BATCH = 20
 N_CRITIC = 5
+LAZY_GP_EVERY = 4
 
 
 def _use_pytorch_instance_norm(model: nn.Module) -> None:
@@ -141,17 +144,23 @@ def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Te
 
     result = {"seed_images_per_s": round(seed_ips, 2)}
     default_batch = load_config().train.batch_size
-    variants = [("facegan", default_batch, False), ("facegan_batch20", SEED_BATCH, False)]
-    if device.type == "cuda" or cpu_has_native_bf16():
-        variants.append(("facegan_bf16", default_batch, True))
+    bf16_native = device.type == "cuda" or cpu_has_native_bf16()
+    variants = [("facegan", default_batch, False, 1), ("facegan_batch20", SEED_BATCH, False, 1)]
+    if bf16_native:
+        variants.append(("facegan_bf16", default_batch, True, 1))
     if device.type == "cuda":
-        variants.append(("facegan_batch256", 256, False))
-    for label, batch_size, bf16 in variants:
+        variants.append(("facegan_batch256", 256, False, 1))
+    if loss == "wgan-gp":  # the lazy penalty: on every 4th critic step, 4 times as strong
+        variants.append(("facegan_gp4", default_batch, False, LAZY_GP_EVERY))
+        if bf16_native:
+            variants.append(("facegan_bf16_gp4", default_batch, True, LAZY_GP_EVERY))
+    for label, batch_size, bf16, gp_every in variants:
         cfg = load_config(overrides={"train.loss": loss, "train.schedule": "fixed", "train.n_critic": N_CRITIC,
-                                     "train.batch_size": batch_size, "train.device": device.type, "train.bf16": bf16})
+                                     "train.batch_size": batch_size, "train.device": device.type, "train.bf16": bf16,
+                                     "train.gp_every": gp_every})
         torch.manual_seed(0)
         gan = build_gan(cfg, device)
-        schedule, totals = Schedule("fixed", N_CRITIC), EpochTotals()
+        schedule, totals = Schedule("fixed", N_CRITIC, gp_every), EpochTotals()
         batches = [b.to(device).contiguous(memory_format=gan.memory_format) for b in images.split(batch_size)]
         batches = [b for b in batches if b.shape[0] == batch_size]
         ips = images_per_second(lambda b, i: gan.step(b, schedule, totals), batches, device, seconds)
@@ -159,7 +168,7 @@ def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Te
         result[f"{label}_batch_size"] = batch_size
     result["ratio"] = round(result["facegan_images_per_s"] / seed_ips, 3)
     result["ratio_batch20"] = round(result["facegan_batch20_images_per_s"] / seed_ips, 3)
-    for label in ("bf16", "batch256"):
+    for label in ("bf16", "batch256", "gp4", "bf16_gp4"):
         if f"facegan_{label}_images_per_s" in result:
             result[f"ratio_{label}"] = round(result[f"facegan_{label}_images_per_s"] / seed_ips, 3)
     return result
@@ -183,7 +192,7 @@ def main():
         print(f"{loss:10} {r['seed_images_per_s']:18.1f} {r['facegan_images_per_s']:14.1f} (b={r['facegan_batch_size']:3d}) "
               f"{r['ratio']:7.2f} {r['facegan_batch20_images_per_s']:13.1f} {r['ratio_batch20']:7.2f}"
               + "".join(f"   {label}: {r[f'facegan_{label}_images_per_s']:.1f} img/s ({r[f'ratio_{label}']:.2f}x)"
-                        for label in ("bf16", "batch256") if f"ratio_{label}" in r),
+                        for label in ("bf16", "batch256", "gp4", "bf16_gp4") if f"ratio_{label}" in r),
               flush=True)
     print(json.dumps(results))
 

@@ -128,37 +128,55 @@ def test_critic_gradients_on_two_ranks_of_b_equal_one_process_on_2b(two_ranks):
         assert torch.equal(ranks[0][name], ranks[1][name])
 
 
-@pytest.mark.slow
-def test_torchrun_trains_one_mlflow_run_and_resumes_it(tmp_path, cli):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = [*TINY_TRAIN, "--checkpoint-every", 1, "--tracking-uri", uri]
-    proc = torchrun("-m", "facegan", "train", *common, "--epochs", 2, cwd=tmp_path)
-    run_id = run_id_of(proc)
-    assert "2 processes" in proc.stderr
-    assert proc.stdout.count("run_id: ") == 1  # rank 1 prints nothing
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("facegan").experiment_id])
-    assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    assert run.data.params["train.world_size"] == "2"
-    for key in ("d_steps", "g_steps", "images_per_s", "accuracy_d"):
-        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
-    # 24 images in minibatches of 12 (6 on each rank): 2 steps an epoch, as on one process
-    steps = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in ("d_steps", "g_steps")}
-    assert all(steps["d_steps"][epoch] + steps["g_steps"][epoch] == 2 for epoch in (1, 2))
-    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    assert sorted(m.name for m in models) == ["generator-epoch-0001", "generator-epoch-0002"]
+def _wait_for_epochs(client, tmp_path, count: int, timeout: float = 180) -> str:
+    """The run's id once it has logged ``count`` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("facegan"):
+            runs = client.search_runs([client.get_experiment_by_name("facegan").experiment_id])
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "d_steps")) >= count:
+                return runs[0].info.run_id
+    raise AssertionError(f"the training never logged {count} epochs")
 
-    proc = torchrun("-m", "facegan", "train", "--resume", run_id, "--epochs", 3, "--tracking-uri", uri, "--quiet",
-                    cwd=tmp_path)
-    assert run_id_of(proc) == run_id and "resuming run" in proc.stderr
+
+@pytest.mark.slow
+def test_torchrun_trains_one_mlflow_run_that_ctrl_c_stops_and_resume_continues(tmp_path, cli):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    # Ctrl-C in a terminal reaches torchrun and its processes as one process group.
+    job = torchrun("-m", "facegan", "train", *TINY_TRAIN, "--epochs", 5000, "--checkpoint-every", 1,
+                   "--tracking-uri", uri, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   start_new_session=True)
+    try:
+        run_id = _wait_for_epochs(client, tmp_path, 2)
+        os.killpg(job.pid, signal.SIGINT)
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert stdout.count("run_id: ") == 1 and run_id_of(subprocess.CompletedProcess([], 0, stdout)) == run_id
+    assert "2 processes" in stderr and f"continue with: torchrun ... facegan train --resume {run_id}" in stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.params["train.world_size"] == "2"
+    done = len(client.get_metric_history(run_id, "d_steps"))
+    for key in ("d_steps", "g_steps", "images_per_s", "accuracy_d"):  # each epoch once, by rank 0 alone
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, done + 1)), key
+    # 24 images in minibatches of 12 (6 on each process): 2 steps an epoch, as on one process
+    steps = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in ("d_steps", "g_steps")}
+    assert all(steps["d_steps"][epoch] + steps["g_steps"][epoch] == 2 for epoch in range(1, done + 1))
+
+    proc = torchrun("-m", "facegan", "train", "--resume", run_id, "--epochs", done + 2, "--tracking-uri", uri,
+                    "--quiet", cwd=tmp_path)
+    assert run_id_of(proc) == run_id and f"resuming run {run_id} from epoch {done}" in proc.stderr
     for key in ("d_steps", "g_steps", "images_per_s"):
-        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3], key
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, done + 3)), key
     models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    assert sorted(m.name for m in models)[-1] == "generator-epoch-0003" and len(models) == 3
+    assert sorted(m.name for m in models) == [f"generator-epoch-{e:04d}" for e in range(1, done + 3)]
     assert client.get_run(run_id).info.status == "FINISHED"
 
-    # Its random streams are per rank: it continues on as many processes, not on one.
-    proc = cli("train", "--resume", run_id, "--epochs", 4, "--tracking-uri", uri, check=False)
+    # Its random streams are per process: it continues on as many processes, not on one.
+    proc = cli("train", "--resume", run_id, "--epochs", done + 3, "--tracking-uri", uri, check=False)
     assert_clean_error(proc, f"run {run_id} was trained on 2 process\\(es\\); resume it on as many")
 
 
@@ -190,16 +208,9 @@ def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = torchrun("-m", "facegan", "train", *TINY_TRAIN, "--epochs", 5000, "--tracking-uri", uri, cwd=tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = MlflowClient(uri)
     try:
-        client, deadline = MlflowClient(uri), time.monotonic() + 180
-        while time.monotonic() < deadline:  # until the first epochs are logged
-            time.sleep(1)
-            if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("facegan"):
-                runs = client.search_runs([client.get_experiment_by_name("facegan").experiment_id])
-                if runs and len(client.get_metric_history(runs[0].info.run_id, "d_steps")) >= 2:
-                    break
-        else:
-            raise AssertionError("the training never logged an epoch")
+        run_id = _wait_for_epochs(client, tmp_path, 2)
         (rank1,) = [pid for pid in _children(job.pid) if _rank_of(pid) == 1]
         os.kill(rank1, signal.SIGKILL)
         killed = time.monotonic()
@@ -211,5 +222,5 @@ def test_a_rank_that_dies_ends_the_job_with_a_clear_message(tmp_path):
     assert job.returncode != 0
     assert ended < 45, ended  # torchrun's agent ends the survivor; no collective waits for its timeout
     assert "Error: rank 0: training stopped because another training process ended" in stderr
-    assert f"--resume {runs[0].info.run_id}" in stderr
-    assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
+    assert f"--resume {run_id}" in stderr
+    assert client.get_run(run_id).info.status == "FAILED"
