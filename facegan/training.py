@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from facegan.checkpoint import GENERATOR_FILE, generator_from_checkpoint, load_checkpoint, save_checkpoint
-from facegan.common import images_to_grid, select_device
+from facegan.common import error_text, images_to_grid, select_device
 from facegan.config import Config, TrainConfig
 from facegan.dataset import Dataset
 from facegan.errors import FaceganError
@@ -420,7 +420,7 @@ class Trainer:
             self.gan.opt_g.load_state_dict(payload["optimizer_g"])
             self.gan.opt_d.load_state_dict(payload["optimizer_d"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise FaceganError(f"the resume state does not fit this run's networks: {str(exc).splitlines()[0]}") from None
+            raise FaceganError(f"the resume state does not fit this run's networks: {error_text(exc)}") from None
         torch.set_rng_state(payload["rng"]["torch"])
         self.shuffle_rng.set_state(payload["rng"]["shuffle"])
         if "cuda" in payload["rng"] and self.device.type == "cuda":
