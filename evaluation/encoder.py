@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from facegan.checkpoint import atomic_write
+from facegan.common import atomic_write
 from facegan.errors import FaceganError
 
 INPUT_SIZE = 32  # what the encoder sees; every extractor resizes to its input size

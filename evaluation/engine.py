@@ -44,7 +44,7 @@ from evaluation.features import FeatureExtractor
 from evaluation.memorisation import detect_memorisation
 from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, memorised_share, score
 from evaluation.ranking import Evaluation, Scored, pyplot, scores_figure
-from facegan.common import to_uint8
+from facegan.common import atomic_write, to_uint8
 from facegan.errors import FaceganError
 
 LATENT_SEED = 20240601  # every generator checkpoint draws the same latents
@@ -216,9 +216,8 @@ class Scorer:
                     noise["memorised_share_heldout"] = memorised_share(held, self.reference, size)
                     noise["heldout_size"] = int(held.shape[0])
                 self._noise[size] = noise
-                partial = path.with_name(path.name + ".partial")
-                partial.write_text(json.dumps(self._noise[size]))
-                os.replace(partial, path)  # whole or absent: an interrupted run leaves no half file
+                text = json.dumps(self._noise[size]).encode()
+                atomic_write(path, lambda f: f.write(text))  # whole or absent: an interrupted run leaves no half file
         return self._noise[size]
 
     def score(self, checkpoint: Checkpoint, *, interrupt: Callable[[], None] | None = None) -> tuple[dict[str, float], int]:

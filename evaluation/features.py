@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import abc
-import hashlib
 import inspect
 import io
 import logging
@@ -51,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from facegan.common import torch_load_failure
+from facegan.common import error_text, file_sha256, select_device, torch_load_failure
 from facegan.errors import FaceganError
 
 __all__ = [
@@ -243,7 +242,7 @@ def extractor_specs() -> list[str]:
 
 def get_extractor(
     spec: str, *, inception_weights: str | os.PathLike | None = None, dinov2_weights: str | os.PathLike | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> FeatureExtractor:
     """Build the feature extractor that ``spec`` names.
 
@@ -254,7 +253,8 @@ def get_extractor(
             only valid with ``inception``.
         dinov2_weights: local file with the DINOv2 weights (``--dinov2-weights``); only valid with
             ``dinov2``.
-        device: torch device to run the network on, e.g. ``"cpu"`` or ``"cuda"``.
+        device: torch device to run the network on, e.g. ``"cpu"``, ``"cuda"`` or ``"auto"``
+            (:func:`facegan.common.select_device`).
 
     Raises:
         FaceganError: unknown spec, missing or extra argument, unusable device, or the
@@ -268,7 +268,7 @@ def get_extractor(
         raise FaceganError(f"feature space {kind!r} takes no argument, got {spec!r}")
     if registration.argument is not None and not argument:
         raise FaceganError(f"feature space {kind!r} needs an argument: {kind}:{registration.argument}")
-    kwargs: dict[str, object] = {"device": _resolve_device(device)}
+    kwargs: dict[str, object] = {"device": select_device(device)}
     for option, network, weights in (("--inception-weights", "inception", inception_weights),
                                      ("--dinov2-weights", "dinov2", dinov2_weights)):
         if weights is not None:
@@ -279,22 +279,9 @@ def get_extractor(
     return registration.cls(*args, **kwargs)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise FaceganError(f"invalid device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FaceganError(f"device {device!r} requested but CUDA is not available; use device 'cpu'")
-    return resolved
-
-
 def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    """A weights file's part of an extractor's identity (the real-feature cache key)."""
+    return file_sha256(path)[:16]
 
 
 # --- random -----------------------------------------------------------------------------------
@@ -489,9 +476,8 @@ def _build_inception(state_dict: dict[str, torch.Tensor], path: Path) -> torch.n
     except ModuleNotFoundError as error:
         raise FaceganError(f"inception features need torch-fidelity (pip install torch-fidelity): {error}") from None
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FaceganError(
-            f"{path} does not hold the FID Inception-v3 weights ({first_line}); "
+            f"{path} does not hold the FID Inception-v3 weights ({error_text(error)}); "
             f"expected {_INCEPTION_FILE_NAMES}"
         ) from None
 
@@ -550,8 +536,7 @@ class DinoV2Extractor(FeatureExtractor):
                 network = timm.create_model(DINOV2_MODEL, pretrained=True, img_size=self.INPUT_SIZE, num_classes=0,
                                             pretrained_cfg_overlay={"file": str(path)})
         except Exception as error:  # torch, safetensors and state-dict errors all mean the same to the user
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            raise FaceganError(f"{path} does not hold the DINOv2 ViT-B/14 weights ({reason}); expected "
+            raise FaceganError(f"{path} does not hold the DINOv2 ViT-B/14 weights ({error_text(error, with_type=True)}); expected "
                                f"{DINOV2_FILES}") from None
         self.name = "dinov2"
         self.input_size = self.INPUT_SIZE

@@ -46,7 +46,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 
@@ -575,12 +574,11 @@ class RealReference:
         The file appears whole or not at all (written beside it, then renamed), so an interrupted
         run never leaves a damaged cache.
         """
+        from facegan.common import atomic_write  # here: this module stays importable without torch
+
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.init}
-        target = Path(path)
-        partial = target.with_name(target.name + ".partial")
-        with partial.open("wb") as handle:  # a file handle: np.savez would append ".npz" to a name
-            np.savez(handle, format_version=np.asarray(self._FORMAT_VERSION), **arrays)
-        os.replace(partial, target)
+        # A file handle: np.savez would append ".npz" to a name.
+        atomic_write(path, lambda handle: np.savez(handle, format_version=np.asarray(self._FORMAT_VERSION), **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RealReference:

@@ -110,13 +110,14 @@ def tutorial_cadence(features: str, num_samples: int, device: str, inception_wei
     from facegan.evaluate import real_images
     from evaluation.features import get_extractor
     from evaluation.sources import GeneratorCheckpoint
+    from facegan.common import select_device
     from facegan.config import load_config
     from facegan.models import Generator
     from facegan.run_tracker import MemoryTracker
     from facegan.synthetic import synthetic_faces
     from facegan.training import Trainer
 
-    torch_device = torch.device(device)
+    torch_device = select_device(device)
     tenth = 200  # a tenth of the tutorial's 2000 faces: ten minibatches of 20
     cfg = load_config(ROOT / "experiments" / "seed_wgan_gp.toml",
                       {"data.source": "synthetic", "data.num_images": tenth, "train.device": device})

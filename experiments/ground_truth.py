@@ -223,10 +223,9 @@ def _load_cached(path: Path, model: MultiHeadCNN) -> dict | None:
 
 
 def _save_cached(path: Path, model: MultiHeadCNN, accuracy: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "accuracy": accuracy}, tmp)
-    tmp.replace(path)
+    from facegan.common import atomic_write
+
+    atomic_write(path, lambda f: torch.save({"state_dict": model.state_dict(), "accuracy": accuracy}, f))
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,15 +15,11 @@ alone.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
-from facegan.common import torch_load_failure
+from facegan.common import atomic_write, error_text, torch_load_failure
 from facegan.errors import FaceganError
 from facegan.models import Generator, NetworkConfig, build_generator
 
@@ -33,26 +29,9 @@ GENERATOR_FILE = "generator.pt"  # file name inside an MLflow LoggedModel's arti
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
+    (:func:`facegan.common.atomic_write`)."""
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``:
-    a crash leaves the old file or none, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> Path:
@@ -96,7 +75,7 @@ def generator_from_checkpoint(payload: dict, *, source: str = "checkpoint") -> G
     try:
         generator.load_state_dict(state)
     except RuntimeError as exc:
-        raise FaceganError(f"{source} does not match its declared architecture {network}: {str(exc).splitlines()[0]}") from None
+        raise FaceganError(f"{source} does not match its declared architecture {network}: {error_text(exc)}") from None
     return generator.eval()
 
 

@@ -36,9 +36,9 @@ def main():
 
     \b
     Typical session:
-      facegan train --config experiments/quick.toml --evaluate random  # train, scored as it goes
-      facegan evaluate --run latest --features inception # standard FID (downloads weights once)
-      mlflow ui --backend-store-uri sqlite:///mlflow.db  # browse (under "Model training"; .venv/bin/mlflow)
+      facegan train --config experiments/quick.toml --evaluate random  # train, scored as it goes (offline)
+      facegan evaluate --run latest --features inception  # standard FID (downloads weights once; offline: --features random)
+      MLFLOW ui --backend-store-uri sqlite:///mlflow.db  # browse, under "Model training"
       facegan serve --model models:/facegan-generator@best
     """
 
@@ -293,6 +293,9 @@ def _mlflow_command() -> str:
     return str(beside) if beside.is_file() else "mlflow"
 
 
+main.help = main.help.replace("MLFLOW ui", f"{_mlflow_command()} ui")  # the group's typical session
+
+
 # ----------------------------------------------------------------------------------------------
 # sync
 
@@ -340,7 +343,8 @@ def sync(run_id, folder, tracking_uri):
               "with --run it replaces the run's own training data.")
 @click.option("--features", default="inception", show_default=True, help="Feature space: " + _FEATURES_HELP + ".")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
-              help="Local pt_inception-2015-12-05 weights file for offline machines [env: FACEGAN_INCEPTION_WEIGHTS].")
+              help="Local FID Inception weights for offline machines: weights-inception-2015-12-05-6726825d.pth "
+                   "(also published as pt_inception-2015-12-05-6726825d.pth) [env: FACEGAN_INCEPTION_WEIGHTS].")
 @click.option("--dinov2-weights", type=click.Path(dir_okay=False),
               help="Local DINOv2 ViT-B/14 weights (timm's model.safetensors or Meta's dinov2_vitb14_pretrain.pth) for "
                    "--features dinov2 offline [env: FACEGAN_DINOV2_WEIGHTS].")

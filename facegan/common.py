@@ -1,16 +1,21 @@
 """What the trainer (``facegan``) and the scorer (``evaluation``) both need, in one small place.
 
-Device choice, the one conversion from generator output to image bytes, sample grids and the
-one-line text of an error. Nothing here knows about configs, datasets, MLflow or the loop, so
-``evaluation`` can use it without reaching into the trainer.
+Device choice, the one conversion from generator output to image bytes, sample grids, the
+one-line text of an error, atomic file writes and file digests. Nothing here knows about configs,
+datasets, MLflow or the loop, so ``evaluation`` can use it without reaching into the trainer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import pickle
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -18,16 +23,20 @@ import torch
 from facegan.errors import FaceganError
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; a clear error when CUDA is asked for and absent."""
-    if name == "auto":
+def select_device(name: str | torch.device) -> torch.device:
+    """The one device choice: ``auto`` (CUDA when present), ``cpu``, ``cuda`` (or any name or
+    :class:`torch.device` torch knows, e.g. ``cuda:1``); a clear error when CUDA is asked for and
+    absent, or the name is no device."""
+    if isinstance(name, str) and name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FaceganError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise FaceganError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+        raise FaceganError(f"invalid device {str(name)!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FaceganError(f"--device {name} was asked for, but CUDA is not available: PyTorch sees no CUDA device; "
+                           "use --device cpu or auto")
+    return device
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -40,18 +49,26 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def images_to_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
-    """Images in [-1, 1] (N x 3 x H x W) to one H x W x 3 uint8 grid, about square."""
+    """Images (N x 3 x H x W: generator output in [-1, 1], or uint8 from :func:`to_uint8`) to one
+    H x W x 3 uint8 grid, about square, 2 black pixels between the images."""
     from torchvision.utils import make_grid
 
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    pixels = images if images.dtype == torch.uint8 else to_uint8(images)
+    return make_grid(pixels.cpu(), nrow=nrow, padding=2).permute(1, 2, 0).numpy()
 
 
-def error_text(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when it has none."""
+def error_text(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of an exception's message, or its type name when it has none.
+
+    ``with_type``: prefixed by the type name (``UnidentifiedImageError: cannot identify ...``), for
+    messages where the type says what went wrong (a file that could not be decoded).
+    """
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else ""
+    if with_type:
+        return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line or type(exc).__name__
 
 
 def torch_load_failure(path: str | Path, exc: BaseException) -> str:
@@ -76,3 +93,30 @@ def torch_load_failure(path: str | Path, exc: BaseException) -> str:
     if not zipfile.is_zipfile(path):
         return "it is truncated (a PyTorch file cut short)"
     return f"it is damaged ({error_text(exc)})"
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``:
+    a crash leaves the old file or none, never a truncated one. Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

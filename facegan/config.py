@@ -19,8 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facegan.architecture import AUTO_NORM, NetworkConfig
 from facegan.errors import FaceganError
-from facegan.architecture import NetworkConfig
 
 LOSSES = ("dcgan", "wgan", "wgan-gp")
 SCHEDULES = ("adaptive", "fixed")
@@ -42,18 +42,10 @@ class DataConfig:
     seed: int = 0  # seed of the built-in synthetic faces
 
 
-@dataclass
-class ModelConfig:
-    image_size: int = 80
-    latent_dim: int = 128
-    g_width: int = 64
-    d_width: int = 64
-    g_norm: str = "batch"
-    d_norm: str = "auto"  # auto: InstanceNorm for wgan-gp (as the seed), BatchNorm otherwise
-
-    def network(self) -> NetworkConfig:
-        """The networks' config; call on a resolved config (d_norm no longer "auto")."""
-        return NetworkConfig(**dataclasses.asdict(self)).validate()
+def _model_defaults() -> NetworkConfig:
+    """The ``[model]`` section's defaults: the seed's 80x80 networks, the critic's norm chosen by
+    the objective (d_norm ``"auto"``, resolved by :func:`resolve`)."""
+    return NetworkConfig(d_norm=AUTO_NORM)
 
 
 @dataclass
@@ -111,7 +103,7 @@ class EvaluateConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: NetworkConfig = field(default_factory=_model_defaults)  # validated by NetworkConfig.validate
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -186,7 +178,11 @@ def _assign(cfg: Config, key: str, value) -> None:
             f"unknown config key {key!r}" + (f"; did you mean '{section_name}.{hint[0]}'?" if hint else "")
             + f" (valid keys in [{section_name}]: {', '.join(types)})"
         )
-    setattr(section, name, _coerce(key, value, types[name]))
+    value = _coerce(key, value, types[name])
+    if isinstance(section, NetworkConfig):  # [model]: frozen, as the checkpoints' network description
+        setattr(cfg, section_name, dataclasses.replace(section, **{name: value}))
+    else:
+        setattr(section, name, value)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -244,15 +240,12 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
 
 def resolve(cfg: Config) -> Config:
     """Validate every value and fill the dependent defaults in place; returns ``cfg``."""
-    t, m, d, k, e = cfg.train, cfg.model, cfg.data, cfg.tracking, cfg.evaluate
+    t, d, k, e = cfg.train, cfg.data, cfg.tracking, cfg.evaluate
     _choice("train.loss", t.loss, LOSSES)
     _choice("train.schedule", t.schedule, SCHEDULES)
     _choice("train.device", t.device, DEVICES)
-    if m.d_norm == "auto":
-        m.d_norm = "instance" if t.loss == "wgan-gp" else "batch"
-    if t.loss == "wgan-gp" and m.d_norm == "batch":
-        # The penalty treats each sample on its own; BatchNorm mixes them (Gulrajani et al. 2017).
-        raise FaceganError("model.d_norm = 'batch' is invalid with wgan-gp; use 'instance' or 'none'")
+    # Image size, widths, norms and the critic's norm for the objective: NetworkConfig's own checks.
+    cfg.model = cfg.model.resolve(t.loss)
     optimizer, lr, beta1, beta2 = SEED_OPTIMIZERS[t.loss]
     t.optimizer = t.optimizer or optimizer
     _choice("train.optimizer", t.optimizer, OPTIMIZERS)
@@ -279,7 +272,6 @@ def resolve(cfg: Config) -> Config:
     _positive("tracking.send_timeout", k.send_timeout, allow_zero=True)
     if not k.experiment:
         raise FaceganError("tracking.experiment may not be empty")
-    m.network()  # validates image size, widths and norms
     # The feature space itself is checked when it is built, before any training (facegan.evaluate).
     if not e.features:
         raise FaceganError("evaluate.features may not be empty; use none to train without scoring")

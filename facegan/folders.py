@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from facegan.common import error_text
 from facegan.dataset import DEFAULT_IMAGE_SIZE, Dataset, check_int, make_manifest
 from facegan.errors import FaceganError
 
@@ -223,7 +224,7 @@ def _read_image(path: Path, image_size: int, crop: float) -> np.ndarray | str:
             )
             return np.asarray(image)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged files
-        return f"{type(error).__name__}: {error}".splitlines()[0]
+        return error_text(error, with_type=True)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -8,7 +8,6 @@ with ``|z| > T`` is drawn again from the normal distribution restricted to ``[-T
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from facegan.checkpoint import GENERATOR_FILE, load_generator
-from facegan.common import to_uint8
+from facegan.common import file_sha256, to_uint8
 from facegan.errors import FaceganError
 from facegan.models import Generator
 
@@ -73,7 +72,7 @@ def load_model(spec: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> Lo
         path = Path(spec)
         path = path / GENERATOR_FILE if path.is_dir() else path
         generator, payload = load_generator(path)
-        return LoadedModel(generator, payload, spec, _sha256(path))
+        return LoadedModel(generator, payload, spec, file_sha256(path))
 
     from facegan import tracking
 
@@ -92,15 +91,7 @@ def load_model(spec: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> Lo
                 raise FaceganError(f"{exc}; {hint}") from None
             raise
         generator, payload = load_generator(path)
-        return LoadedModel(generator, payload, spec, _sha256(path))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return LoadedModel(generator, payload, spec, file_sha256(path))
 
 
 def validate_truncation(truncation: float | None) -> None:
@@ -188,6 +179,6 @@ def generate(model: LoadedModel, n: int, out: str | Path, *, seed: int, truncati
             paths.append(out / f"{i:06d}.png")
             Image.fromarray(image).save(paths[-1])
         grid_images += list(images[:GRID_MAX_IMAGES - len(grid_images)])
-    grid = torch.from_numpy(np.stack(grid_images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    grid = torch.from_numpy(np.stack(grid_images)).permute(0, 3, 1, 2)  # the PNGs' own bytes
     Image.fromarray(images_to_grid(grid)).save(out / GRID_FILE)
     return paths

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from facegan.common import error_text
+from facegan.common import atomic_write, error_text
 
 MANIFEST = "unsent.jsonl"
 DEFAULT_QUEUE_SIZE = 100_000  # jobs; a job holds a few numbers or a path, not image data
@@ -76,9 +76,8 @@ class Spool:
             self.manifest.unlink(missing_ok=True)
             self.remove_if_empty()
             return
-        partial = self.path(MANIFEST + ".partial")
-        partial.write_text("".join(json.dumps(job) + "\n" for job in jobs))
-        partial.replace(self.manifest)
+        text = "".join(json.dumps(job) + "\n" for job in jobs).encode()
+        atomic_write(self.manifest, lambda f: f.write(text))
 
     def remove_if_empty(self) -> None:
         try:

@@ -29,7 +29,6 @@ import signal
 import socket
 import socketserver
 import sys
-import tempfile
 import threading
 import traceback
 import zipfile
@@ -45,6 +44,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from facegan.common import atomic_write
 from facegan.errors import FaceganError
 from facegan.generate import LoadedModel, render
 
@@ -158,17 +158,10 @@ def cached_directions(model: LoadedModel, *, num_samples: int = NUM_DIRECTION_SA
         pass  # missing or damaged: compute again
     log(f"finding principal directions over {num_samples} random faces (once per model)...")
     directions = find_directions(model.generator, num_samples=num_samples)
-    tmp = None
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".directions-", suffix=".npz", dir=cache_dir)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, vectors=directions.vectors, variance_share=directions.variance_share,
-                     layer=directions.layer, num_samples=directions.num_samples)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, vectors=directions.vectors, variance_share=directions.variance_share,
+                                              layer=directions.layer, num_samples=directions.num_samples))
     except OSError as exc:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
         log(f"warning: cannot cache directions in {cache_dir} ({exc.strerror}); they will be computed again next time")
     return directions
 

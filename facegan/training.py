@@ -30,10 +30,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from facegan.checkpoint import GENERATOR_FILE, generator_from_checkpoint, load_checkpoint, save_checkpoint
-from facegan.common import images_to_grid, select_device
+from facegan.common import error_text, images_to_grid, select_device
 from facegan.config import Config, TrainConfig
 from facegan.dataset import Dataset
-from facegan import common, distributed
+from facegan import distributed
 from facegan.distributed import Processes
 from facegan.errors import FaceganError
 from facegan.losses import Objective, make_objective
@@ -543,7 +543,7 @@ class Trainer:
             self.gan.opt_g.load_state_dict(payload["optimizer_g"])
             self.gan.opt_d.load_state_dict(payload["optimizer_d"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise FaceganError(f"the resume state does not fit this run's networks: {str(exc).splitlines()[0]}") from None
+            raise FaceganError(f"the resume state does not fit this run's networks: {error_text(exc)}") from None
         rng = payload["rng"]
         ranks = rng.get("ranks", [rng])
         if len(ranks) != self.processes.world_size:
@@ -763,7 +763,7 @@ def train(
             # A collective failed: in practice another rank ended (a crash, a kill, a lost machine).
             resume = f"continue it with torchrun ... facegan train --resume {tracker.run_id}" if main else "see rank 0"
             raise FaceganError(f"rank {processes.rank}: training stopped because another training process ended "
-                               f"({common.error_text(exc)}); the run keeps its last resume state: {resume}") from exc
+                               f"({error_text(exc)}); the run keeps its last resume state: {resume}") from exc
         raise
     if not main:  # the other ranks only train
         return trainer

@@ -36,6 +36,26 @@ def tracking_uri(tmp_path_factory):
     return uri
 
 
+# What MLflow and facegan write into the working folder when given no other place.
+CHECKOUT = Path(__file__).resolve().parents[1]
+_STRAY_NAMES = ("mlruns", "mlartifacts", "mlflow.db")
+
+
+def _strays() -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in CHECKOUT.iterdir()
+            if p.name in _STRAY_NAMES or p.name.startswith("facegan-unsent-")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_stays_clean():
+    """The session fails when a test (or a fixture before the scratch folder) wrote MLflow's or
+    facegan's default files into the checkout."""
+    before = _strays()
+    yield
+    changed = sorted(name for name, stamp in _strays().items() if before.get(name) != stamp)
+    assert not changed, f"the tests wrote {', '.join(changed)} into the checkout {CHECKOUT}; write under tmp_path"
+
+
 @pytest.fixture(autouse=True)
 def _scratch_folder(tmp_path, monkeypatch):
     """Every test runs in its own scratch folder, so nothing it or MLflow writes lands in the checkout."""

@@ -87,6 +87,11 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     assert [c["epoch"] for c in again["checkpoints"]] == [1, 2, 4]
     assert again["skipped"][0]["checkpoint"] == "generator-epoch-0003"
     assert "skipping generator-epoch-0003" in proc.stderr
+    # The warning names the run and the epoch, not the scratch file the artifact was downloaded to.
+    warning = next(line for line in proc.stderr.splitlines() if "skipping generator-epoch-0003" in line)
+    assert warning == (f"warning: skipping generator-epoch-0003: checkpoint generator-epoch-0003 (epoch 3) of run "
+                       f"{trained_run} is not a readable facegan checkpoint: it is not a PyTorch file"), warning
+    assert "facegan-evaluate-" not in proc.stderr
 
     # The registered choice feeds `facegan generate`.
     out = tmp_path / "faces"

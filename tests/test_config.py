@@ -73,3 +73,43 @@ def test_bad_files(tmp_path):
     flat.write_text("loss = 'dcgan'\n")
     with pytest.raises(FaceganError, match="must be a \\[section\\] table"):
         load_config(flat)
+
+
+def test_the_model_section_is_the_checkpoints_network_config():
+    from facegan.architecture import NetworkConfig
+
+    cfg = load_config(overrides={"model.g_width": 32, "train.loss": "dcgan"})
+    assert type(cfg.model) is NetworkConfig
+    assert cfg.model == NetworkConfig(g_width=32, d_norm="batch")
+    assert cfg.model.network() is cfg.model  # what the trainer builds and checkpoints
+    # The flat params and the nested dict keep their keys.
+    assert {k: v for k, v in cfg.to_flat_dict().items() if k.startswith("model.")} == {
+        "model.image_size": 80, "model.latent_dim": 128, "model.g_width": 32, "model.d_width": 64,
+        "model.g_norm": "batch", "model.d_norm": "batch"}
+
+
+def test_a_stored_config_reads_back_and_takes_validated_overrides():
+    from facegan.config import Config, with_overrides
+
+    # The "config" of a checkpoint written before the model section became NetworkConfig.
+    stored = load_config(overrides={"model.image_size": 32, "train.epochs": 4}).to_dict()
+    assert stored["model"] == {"image_size": 32, "latent_dim": 128, "g_width": 64, "d_width": 64,
+                               "g_norm": "batch", "d_norm": "instance"}
+    cfg = with_overrides(Config.from_dict(stored), {"train.epochs": 9})
+    assert cfg.train.epochs == 9 and cfg.model.image_size == 32 and cfg.to_dict()["model"] == stored["model"]
+    for overrides, message in (({"train.epochs": 0}, "train.epochs must be positive"),
+                               ({"train.epochs": "many"}, "train.epochs must be int"),
+                               ({"model.d_norm": "batch"}, "invalid with wgan-gp"),
+                               ({"train.nope": 1}, "unknown config key 'train.nope'")):
+        with pytest.raises(FaceganError, match=message):
+            with_overrides(Config.from_dict(stored), overrides)
+
+
+def test_network_validation_is_one_place():
+    from facegan.architecture import NetworkConfig
+
+    with pytest.raises(FaceganError, match="model.d_norm must be one of batch, instance, none; got 'auto'"):
+        NetworkConfig(d_norm="auto").validate()  # an unresolved config is never built or stored
+    assert NetworkConfig(d_norm="auto").resolve("wgan").d_norm == "batch"
+    with pytest.raises(FaceganError, match="model.latent_dim must be a positive integer, got 0"):
+        load_config(overrides={"model.latent_dim": 0})
