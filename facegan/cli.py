@@ -173,6 +173,10 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
     A tracking store that goes away mid-run does not stop training: what is logged is sent when
     it is back; a run that ends first waits --set tracking.send_timeout seconds (default 120),
     then keeps the rest in ./facegan-unsent-RUN_ID/ for `facegan sync RUN_ID`.
+
+    On several processes: torchrun --nproc_per_node=N -m facegan train ... (one per GPU, or N
+    on the CPU with --device cpu). --batch-size is then the whole minibatch, split among them;
+    process 0 alone logs to MLflow (one run, param train.world_size) and resumes as many.
     """
     from facegan.config import load_config, parse_override
     from facegan.distributed import Processes

@@ -408,8 +408,15 @@ class _StopRequest:
             print("\nstopping all training processes after this minibatch...", file=sys.stderr)
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt once a stop was requested (on any rank, when there are several)."""
+        """Raise KeyboardInterrupt once a stop was requested (on any rank, when there are several:
+        a collective, so every rank calls it at the same point)."""
         if distributed.any_rank(self.requested, self.processes, self.device):
+            raise KeyboardInterrupt
+
+    def check_here(self) -> None:
+        """Raise KeyboardInterrupt once this process was asked to stop (no collective: for work
+        that rank 0 does alone, such as scoring a checkpoint)."""
+        if self.requested:
             raise KeyboardInterrupt
 
     def __exit__(self, exc_type, exc, tb):
@@ -599,7 +606,7 @@ class Trainer:
         # same scores, and the training networks are left untouched.
         generator = generator_from_checkpoint(payload).to(self.device)
         self.stopped = self.judge.checkpoint_written(epoch, generator, label=checkpoint_name(epoch),
-                                                     model_id=model_id, interrupt=stop.check)
+                                                     model_id=model_id, interrupt=stop.check_here)
 
     def _save_resume(self, payload: dict | None) -> None:
         if payload is None:  # not rank 0
@@ -686,9 +693,18 @@ class Trainer:
             if saved:
                 self._save_resume(self.snapshot)
             bar.update(1)
+            interrupted = False
             if written is not None and self.judge is not None:
-                self._judge(epoch, written, stop)
-            self.stopped = distributed.from_main(self.stopped, self.processes)  # rank 0 judges for all
+                try:
+                    self._judge(epoch, written, stop)
+                except KeyboardInterrupt:  # Ctrl-C while scoring
+                    if not self.processes.distributed:
+                        raise
+                    interrupted = True  # the others wait below: stop together
+            # Rank 0 judges for all; the other ranks wait for its verdict here.
+            self.stopped, interrupted = distributed.from_main((self.stopped, interrupted), self.processes)
+            if interrupted:
+                raise KeyboardInterrupt
             bar.set_postfix({  # in this order: tqdm sorts keyword arguments
                 "loss_d": f"{metrics.get('loss_d', float('nan')):.3f}",
                 "loss_g": f"{metrics.get('loss_g', float('nan')):.3f}",

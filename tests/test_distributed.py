@@ -166,9 +166,13 @@ def test_torchrun_trains_one_mlflow_run_that_ctrl_c_stops_and_resume_continues(t
     steps = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in ("d_steps", "g_steps")}
     assert all(steps["d_steps"][epoch] + steps["g_steps"][epoch] == 2 for epoch in range(1, done + 1))
 
+    # Resumed with its checkpoints scored as they are written: rank 0 scores while the other waits.
     proc = torchrun("-m", "facegan", "train", "--resume", run_id, "--epochs", done + 2, "--tracking-uri", uri,
-                    "--quiet", cwd=tmp_path)
+                    "--evaluate", "random", "--set", "evaluate.num_samples=12", "--quiet", cwd=tmp_path)
     assert run_id_of(proc) == run_id and f"resuming run {run_id} from epoch {done}" in proc.stderr
+    assert {done + 1, done + 2} <= {m.step for m in client.get_metric_history(run_id, "random/fid")}
+    assert len({m.step for m in client.get_metric_history(run_id, "random/fid")}) == len(
+        client.get_metric_history(run_id, "random/fid"))  # each checkpoint scored once
     for key in ("d_steps", "g_steps", "images_per_s"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, done + 3)), key
     models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
