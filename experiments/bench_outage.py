@@ -37,10 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' real-server helpers: one way to start them
-
-from servers import MlflowServer, PostgreSQL  # noqa: E402
+from experiments.servers import MlflowServer, PostgreSQL  # the team tests' real servers: one way to start them
 
 CHECKPOINT_EVERY, SAMPLE_EVERY = 30, 10
 

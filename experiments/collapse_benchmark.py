@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -55,20 +54,18 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
+from evaluation.features import get_extractor
+from evaluation.memorisation import detect_memorisation
+from evaluation.metrics import RealReference, calibrate_noise, memorised_share, score
+from evaluation.engine import generator_batches
+from facegan.common import to_uint8
+from facegan.evaluate import evaluate_run
+from facegan.config import load_config
+from facegan.synthetic import synthetic_faces
+from facegan.training import Trainer, train
 
-import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
-
-from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from evaluation.memorisation import detect_memorisation  # noqa: E402
-from evaluation.metrics import RealReference, calibrate_noise, memorised_share, score  # noqa: E402
-from evaluation.engine import generator_batches  # noqa: E402
-from facegan.common import to_uint8  # noqa: E402
-from facegan.evaluate import evaluate_run  # noqa: E402
-from facegan.config import load_config  # noqa: E402
-from facegan.synthetic import synthetic_faces  # noqa: E402
-from facegan.training import Trainer, train  # noqa: E402
+from experiments import ground_truth as gt
 
 EXPERIMENT = "facegan-collapse-benchmark"
 GT_ONSET_FALL = 0.20  # a ground-truth fall: modes >= 20% below the best so far

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -56,23 +55,21 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder
+from evaluation.features import get_extractor
+from evaluation.metrics import RealReference
+from evaluation.engine import Scorer, evaluate, generator_batches
+from evaluation.ranking import Evaluation
+from evaluation.sources import GeneratorCheckpoint
+from facegan.checkpoint import load_generator
+from facegan.common import select_device
+from facegan.errors import FaceganError
+from facegan.evaluate import real_images
+from facegan.run_tracker import MemoryTracker, checkpoint_name
+from facegan.synthetic import synthetic_faces
 
-import collapse_benchmark as cb  # noqa: E402  (benchmark-only modules beside this script)
-import ground_truth as gt  # noqa: E402
-
-from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from evaluation.metrics import RealReference  # noqa: E402
-from evaluation.engine import Scorer, evaluate, generator_batches  # noqa: E402
-from evaluation.ranking import Evaluation  # noqa: E402
-from evaluation.sources import GeneratorCheckpoint  # noqa: E402
-from facegan.checkpoint import load_generator  # noqa: E402
-from facegan.common import select_device  # noqa: E402
-from facegan.errors import FaceganError  # noqa: E402
-from facegan.evaluate import real_images  # noqa: E402
-from facegan.run_tracker import MemoryTracker, checkpoint_name  # noqa: E402
-from facegan.synthetic import synthetic_faces  # noqa: E402
+from experiments import collapse_benchmark as cb
+from experiments import ground_truth as gt
 
 IMAGE_SIZE = 80
 

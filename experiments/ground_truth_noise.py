@@ -34,23 +34,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from evaluation.engine import LATENT_SEED, Scorer, generator_batches
+from evaluation.features import get_extractor
+from evaluation.sources import ImagesCheckpoint
+from facegan.errors import FaceganError
+from facegan.evaluate import real_images, run_training_data
 
-import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
-
-from evaluation.engine import LATENT_SEED, Scorer, generator_batches  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from evaluation.sources import ImagesCheckpoint  # noqa: E402
-from facegan.errors import FaceganError  # noqa: E402
-from facegan.evaluate import real_images, run_training_data  # noqa: E402
+from experiments import ground_truth as gt
 
 PICKS = ("facegan", "lowest_fid")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
+from evaluation.features import get_extractor
+from facegan.synthetic import synthetic_faces
 
-import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
-
-from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from facegan.synthetic import synthetic_faces  # noqa: E402
+from experiments import ground_truth as gt
 
 NUM_REAL, NUM_HELD_OUT = 2000, 1000
 

@@ -24,13 +24,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from collapse_benchmark import history_targets, judge_run, onset_cell  # noqa: E402  (script beside this one)
-
-from evaluation.collapse import choose_best, detect_collapse  # noqa: E402
-from evaluation.memorisation import detect_memorisation  # noqa: E402
-from ground_truth import RESULTS_DIR  # noqa: E402
+from evaluation.collapse import choose_best, detect_collapse
+from evaluation.memorisation import detect_memorisation
+from experiments import RESULTS_DIR
+from experiments.collapse_benchmark import history_targets, judge_run, onset_cell
 
 _SCORE_KEYS = ("fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share")
 

@@ -1,15 +1,11 @@
 """The collapse benchmark end to end at its tiny scale, and its ground-truth bookkeeping."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import collapse_benchmark as bench  # noqa: E402
+from experiments import collapse_benchmark as bench
 
 
 def test_gt_onset_is_a_20_percent_fall_below_the_best_so_far():
@@ -95,7 +91,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
 
 
 def check_replay(path, monkeypatch, capsys):
-    import replay_rule
+    from experiments import replay_rule
     from evaluation.collapse import Choice
 
     stored = json.loads(path.read_text())
@@ -123,8 +119,8 @@ def check_replay(path, monkeypatch, capsys):
 
 
 def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
-    import ground_truth as gt
-    import ground_truth_noise
+    from experiments import ground_truth as gt
+    from experiments import ground_truth_noise
 
     from evaluation.engine import LATENT_SEED
     from facegan.tracking import MlflowRunSource

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import collapse_benchmark as bench  # noqa: E402
-import collapse_benchmark_gpu as gpu  # noqa: E402
-from test_collapse_benchmark import check_replay  # noqa: E402
+from experiments import collapse_benchmark as bench
+from experiments import collapse_benchmark_gpu as gpu
+from test_collapse_benchmark import check_replay
 
 
 @pytest.mark.slow
