@@ -31,7 +31,7 @@ from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
 from evaluation.features import get_extractor
 from facegan.synthetic import synthetic_faces
 
-from experiments import ground_truth as gt
+from experiments.collapse import ground_truth as gt
 
 NUM_REAL, NUM_HELD_OUT = 2000, 1000
 

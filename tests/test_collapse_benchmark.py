@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from experiments import collapse_benchmark as bench
+from experiments.collapse import benchmark as bench
 
 
 def test_gt_onset_is_a_20_percent_fall_below_the_best_so_far():
@@ -91,7 +91,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
 
 
 def check_replay(path, monkeypatch, capsys):
-    from experiments import replay_rule
+    from experiments.collapse import replay as replay_rule
     from evaluation.collapse import Choice
 
     stored = json.loads(path.read_text())
@@ -119,8 +119,8 @@ def check_replay(path, monkeypatch, capsys):
 
 
 def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
-    from experiments import ground_truth as gt
-    from experiments import ground_truth_noise
+    from experiments.collapse import ground_truth as gt
+    from experiments.collapse import ground_truth_noise
 
     from evaluation.engine import LATENT_SEED
     from facegan.tracking import MlflowRunSource

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments import ground_truth as gt
+from experiments.collapse import ground_truth as gt
 
 
 @pytest.fixture(scope="module")

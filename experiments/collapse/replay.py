@@ -27,7 +27,7 @@ from pathlib import Path
 from evaluation.collapse import choose_best, detect_collapse
 from evaluation.memorisation import detect_memorisation
 from experiments import RESULTS_DIR
-from experiments.collapse_benchmark import history_targets, judge_run, onset_cell
+from experiments.collapse.benchmark import history_targets, judge_run, onset_cell
 
 _SCORE_KEYS = ("fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share")
 

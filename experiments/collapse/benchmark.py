@@ -65,7 +65,7 @@ from facegan.config import load_config
 from facegan.synthetic import synthetic_faces
 from facegan.training import Trainer, train
 
-from experiments import ground_truth as gt
+from experiments.collapse import ground_truth as gt
 
 EXPERIMENT = "facegan-collapse-benchmark"
 GT_ONSET_FALL = 0.20  # a ground-truth fall: modes >= 20% below the best so far

@@ -46,7 +46,7 @@ from evaluation.sources import ImagesCheckpoint
 from facegan.errors import FaceganError
 from facegan.evaluate import real_images, run_training_data
 
-from experiments import ground_truth as gt
+from experiments.collapse import ground_truth as gt
 
 PICKS = ("facegan", "lowest_fid")
 

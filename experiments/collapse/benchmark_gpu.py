@@ -68,8 +68,8 @@ from facegan.evaluate import real_images
 from facegan.run_tracker import MemoryTracker, checkpoint_name
 from facegan.synthetic import synthetic_faces
 
-from experiments import collapse_benchmark as cb
-from experiments import ground_truth as gt
+from experiments.collapse import benchmark as cb
+from experiments.collapse import ground_truth as gt
 
 IMAGE_SIZE = 80
 

@@ -1,0 +1,2 @@
+"""The collapse benchmark (issue 4): facegan's collapse scoring against ground-truth mode counts.
+"""
