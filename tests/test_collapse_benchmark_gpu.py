@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.collapse import benchmark as bench
 from experiments.collapse import benchmark_gpu as gpu
+from experiments.collapse import study
 from test_collapse_benchmark import check_replay
 
 
@@ -29,7 +29,7 @@ def test_store_free_scoring_matches_facegan_evaluate(tmp_path, monkeypatch, trac
     scale = gpu.SCALES["tiny"]
     spec = scale.runs[0]
     tracker = MlflowRunTracker.start(tracking_uri, "gpu-equivalence")
-    bench.train_into(tracker, spec, 0, scale, {**gpu.GPU_BASE_OVERRIDES, "train.device": "cpu"})
+    study.train_into(tracker, spec, 0, scale, {**gpu.GPU_BASE_OVERRIDES, "train.device": "cpu"})
     tracker.finish("FINISHED")
     stored = evaluate_run(tracker.run_id, features="random", num_samples=scale.num_samples,
                           tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
