@@ -113,7 +113,8 @@ def announce(module: str, argv: Sequence[str] | None = None) -> dict:
 
 
 def rule_text(rule: dict) -> str:
-    """The rule on one line: ``evaluation.collapse.detect_collapse(patience=2, ...); evaluation.collapse.WOBBLE_WINDOW=6; ...``."""
+    """The rule on one line: ``evaluation.collapse.detect_collapse(patience=2, ...);
+    evaluation.collapse.WOBBLE_WINDOW=6; ...``."""
     return "; ".join(f"{name}({', '.join(f'{k}={v!r}' for k, v in value.items())})" if isinstance(value, dict)
                      else f"{name}={value!r}" for name, value in rule.items())
 
