@@ -375,7 +375,7 @@ def summarise_run(name: str, seed: int, spec: RunSpec, evaluation, truth: dict[i
         "designed_to_collapse": spec.designed_to_collapse,
         "run_id": evaluation.run_id,
         **judge_run(rows, truth, evaluation.best_epoch, evaluation.collapse),
-        # Every score and the chance levels, so experiments/replay_rule.py can re-apply a changed
+        # Every score and the chance levels, so experiments/collapse/replay.py can re-apply a changed
         # rule to these exact runs in seconds instead of training them again.
         "noise": dict(evaluation.noise),
         "checkpoints": [{"epoch": e, "gt": truth[e], **rows[e], "collapsed": bool(collapsed[e])} for e in epochs],
