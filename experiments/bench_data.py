@@ -1,6 +1,6 @@
 """Benchmark the data layer: folder preparation, synthetic faces, dataset file I/O.
 
-Run: ``python experiments/bench_data.py [--identities 300] [--repeats 3]``
+Run: ``python -m experiments.bench_data [--identities 300] [--repeats 3]``
 
 Preparation is timed on a temporary LFW-like folder: ``--identities`` person folders of 250x250
 JPEGs (synthetic faces at that size), two to four per folder, so that the seed's policy keeps two
@@ -25,6 +25,8 @@ from PIL import Image
 import facegan.data as data
 import facegan.folders as folders
 import facegan.synthetic as synthetic
+
+from experiments import provenance
 
 
 def best_rate(count: int, run, repeats: int) -> float:
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    provenance.announce(__spec__.name)
     results = {"cpu_count": os.cpu_count(), "decode_threads": folders._DECODE_THREADS}
     rows = []
 

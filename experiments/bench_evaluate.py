@@ -9,7 +9,7 @@ not depend on what the weights have learned) against 2000 synthetic real faces, 
   calibration;
 - K checkpoints with the real side computed once (facegan) against recomputing it per checkpoint.
 
-Usage: python experiments/bench_evaluate.py [--features random] [--num-samples 2000] [--checkpoints 3]
+Usage: python -m experiments.bench_evaluate [--features random] [--num-samples 2000] [--checkpoints 3]
 Prints a table and, as the last line, one JSON object with every figure.
 """
 
@@ -27,6 +27,8 @@ from evaluation.engine import generator_batches
 from facegan.synthetic import synthetic_faces
 from facegan.models import Generator
 
+from experiments import provenance
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -35,6 +37,7 @@ def main():
     parser.add_argument("--num-real", type=int, default=2000)
     parser.add_argument("--checkpoints", type=int, default=3)
     args = parser.parse_args()
+    provenance.announce(__spec__.name)
 
     extractor = get_extractor(args.features)
     real = synthetic_faces(args.num_real, 80, seed=0)

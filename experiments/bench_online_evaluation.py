@@ -22,7 +22,7 @@
 
 Usage::
 
-    python experiments/bench_online_evaluation.py [--repeats 3] [--features random] [--device cpu]
+    python -m experiments.bench_online_evaluation [--repeats 3] [--features random] [--device cpu]
         [--inception-weights FILE] [--skip-quickstart]
 
 On a GPU machine: ``--device cuda --features inception --inception-weights FILE`` for the
@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from experiments import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "quick.toml"
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-quickstart", action="store_true", help="only the tutorial-cadence part")
     parser.add_argument("--skip-tutorial", action="store_true", help="only the Quickstart part")
     args = parser.parse_args(argv)
+    provenance.announce(__spec__.name, argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -18,7 +18,7 @@ Then, from the store:
 
 Usage::
 
-    python experiments/bench_outage.py [--outage 50] [--kill-after 20] [--epochs 300] [--backend postgresql]
+    python -m experiments.bench_outage [--outage 50] [--kill-after 20] [--epochs 300] [--backend postgresql]
 
 Prints a table and, as its last line, one JSON object with every figure.
 """
@@ -37,10 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' real-server helpers: one way to start them
-
-from servers import MlflowServer, PostgreSQL  # noqa: E402
+from experiments import provenance
+from experiments.servers import MlflowServer, PostgreSQL  # the team tests' real servers: one way to start them
 
 CHECKPOINT_EVERY, SAMPLE_EVERY = 30, 10
 
@@ -176,6 +174,7 @@ def main(argv=None) -> None:
     parser.add_argument("--nice-server", type=int, default=0, metavar="N",
                         help="run the server at this nice level (on a machine the trainer shares with it)")
     args = parser.parse_args(argv)
+    provenance.announce(__spec__.name, argv)
     with tempfile.TemporaryDirectory(prefix="facegan-bench-outage-") as tmp:
         folder = Path(tmp)
         (folder / "artifacts").mkdir()

@@ -1,6 +1,6 @@
 """Benchmark the face editor's generation endpoint over HTTP on the CPU.
 
-Run: ``python experiments/bench_serve.py [--requests 300] [--warmup 20] [--render-repeats 100]``
+Run: ``python -m experiments.bench_serve [--requests 300] [--warmup 20] [--render-repeats 100]``
 
 Starts the real ``facegan serve`` in a subprocess on the seed's 80x80 ``Generator()`` with random
 (DCGAN-initialised) weights: latency does not depend on what the weights learned. Then sends
@@ -33,6 +33,8 @@ import torch
 from facegan.checkpoint import save_checkpoint
 from facegan.models import Generator, NetworkConfig
 from facegan.serve import FaceEditor, find_directions
+
+from experiments import provenance
 
 
 def percentiles(milliseconds: list[float]) -> dict[str, float]:
@@ -93,6 +95,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="Requests sent first and not counted.")
     parser.add_argument("--render-repeats", type=int, default=100, help="Timed renders without HTTP, per thread count.")
     args = parser.parse_args()
+    provenance.announce(__spec__.name)
 
     torch.manual_seed(0)
     generator = Generator().eval()

@@ -12,7 +12,7 @@ runs with the lazy penalty (``train.gp_every = 4``: the penalty on every 4th cri
 times as strong); ``experiments/bench_lazy_penalty.py`` checks what that costs in quality.
 
 Usage:
-    python experiments/bench_train.py [--device auto|cpu|cuda] [--seconds 20] [--losses wgan-gp,...]
+    python -m experiments.bench_train [--device auto|cpu|cuda] [--seconds 20] [--losses wgan-gp,...]
 
 Prints a table and, as the last line, a JSON object with every figure.
 """
@@ -30,6 +30,8 @@ from facegan.config import load_config
 from facegan.synthetic import synthetic_faces
 from facegan.common import select_device
 from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
+
+from experiments import provenance
 
 SEED_BATCH = 20
 N_CRITIC = 5
@@ -181,6 +183,7 @@ def main():
     parser.add_argument("--losses", default="dcgan,wgan,wgan-gp")
     parser.add_argument("--num-images", type=int, default=640)
     args = parser.parse_args()
+    provenance.announce(__spec__.name)
     device = select_device(args.device)
     images = synthetic_faces(args.num_images, 80, seed=0).as_float()
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

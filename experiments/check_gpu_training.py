@@ -4,7 +4,7 @@ Trains the default 80x80 networks for a few epochs on synthetic faces with an in
 and checks that losses are finite, that the samples move away from their initial state, that a
 resumed run matches a straight one, and reports images/s. Prints one JSON object last.
 
-Usage: python experiments/check_gpu_training.py [--device cuda] [--epochs 3]
+Usage: python -m experiments.check_gpu_training [--device cuda] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from facegan.synthetic import synthetic_faces
 from facegan.run_tracker import MemoryTracker
 from facegan.common import select_device
 from facegan.training import cpu_has_native_bf16, train
+
+from experiments import provenance
 
 
 def run(loss, bf16, epochs, faces, device, resume_at=None):
@@ -51,6 +53,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--num-images", type=int, default=1024)
     args = parser.parse_args()
+    provenance.announce(__spec__.name)
     device = select_device(args.device).type
     faces = synthetic_faces(args.num_images, 80, seed=0)
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}

@@ -10,7 +10,7 @@ space does, so this is the first thing to check about a feature space.
 Feature spaces: ``random`` (facegan's random CNN) and ``encoder`` (``evaluation.encoder`` with
 its default settings, trained here on the 2000 real images, as ``facegan encoder`` would).
 
-Usage: python experiments/probe_features.py [--domains faces digits] [--features random encoder]
+Usage: python -m experiments.probe_features [--domains faces digits] [--features random encoder]
        [--encoder-epochs N]
 Needs the ``bench`` extra (scikit-learn's bundled digits). Prints a table and, as the last line,
 one JSON object with every figure; about 5 minutes on 2 CPU cores.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
+from evaluation.features import get_extractor
+from facegan.synthetic import synthetic_faces
 
-import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
-
-from evaluation.encoder import EncoderSettings, save_encoder, train_encoder  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from facegan.synthetic import synthetic_faces  # noqa: E402
+from experiments import provenance
+from experiments.collapse import ground_truth as gt
 
 NUM_REAL, NUM_HELD_OUT = 2000, 1000
 
@@ -82,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--encoder-epochs", type=int, default=EncoderSettings().epochs, metavar="N",
                         help="epochs of the encoder's training (default: as facegan encoder)")
     args = parser.parse_args(argv)
+    provenance.announce(__spec__.name, argv)
     if args.encoder_epochs < 1:
         parser.error(f"--encoder-epochs must be at least 1, got {args.encoder_epochs}")
     torch.manual_seed(0)

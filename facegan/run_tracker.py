@@ -3,7 +3,7 @@
 :class:`RunTracker` is the interface; :class:`facegan.tracking.MlflowRunTracker` implements it
 against a tracking store, :class:`MemoryTracker` in memory. The in-memory one serves the tests of
 the loop and experiments on machines that have PyTorch but no MLflow (a bare GPU machine, see
-``experiments/collapse_benchmark_gpu.py``), which is why it lives apart from ``tracking``.
+``experiments/collapse/benchmark_gpu.py``), which is why it lives apart from ``tracking``.
 """
 
 from __future__ import annotations

@@ -1,40 +1,37 @@
 """The collapse benchmark end to end at its tiny scale, and its ground-truth bookkeeping."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import collapse_benchmark as bench  # noqa: E402
+from experiments.collapse import benchmark as bench
+from experiments.collapse import study
 
 
 def test_gt_onset_is_a_20_percent_fall_below_the_best_so_far():
     epochs = [2, 4, 6, 8, 10]
-    assert bench.gt_onset(epochs, [10, 50, 60, 47, 20]) == 8  # 47 <= 0.8 * 60
-    assert bench.gt_onset(epochs, [10, 50, 60, 50, 55]) is None  # 50 > 48
-    assert bench.gt_onset(epochs, [0, 0, 5, 6, 6]) is None  # rising from nothing is learning
-    assert bench.gt_onset(epochs, [10, 50, 60, 60, 40]) == 10  # a fall at the last checkpoint counts
+    assert study.gt_onset(epochs, [10, 50, 60, 47, 20]) == 8  # 47 <= 0.8 * 60
+    assert study.gt_onset(epochs, [10, 50, 60, 50, 55]) is None  # 50 > 48
+    assert study.gt_onset(epochs, [0, 0, 5, 6, 6]) is None  # rising from nothing is learning
+    assert study.gt_onset(epochs, [10, 50, 60, 60, 40]) == 10  # a fall at the last checkpoint counts
 
 
 def test_gt_onset_is_the_fall_the_run_never_recovers_from():
     epochs = [2, 4, 6, 8, 10, 12, 14]
     # A dip at 6 (30 <= 0.8 * 50) that the run climbs back from, then the collapse at 12.
     modes = [20, 50, 30, 55, 60, 40, 45]
-    assert bench.gt_first_fall(epochs, modes) == 6
-    assert bench.gt_onset(epochs, modes) == 12
+    assert study.gt_first_fall(epochs, modes) == 6
+    assert study.gt_onset(epochs, modes) == 12
     # Back within 20% but never back to the best: the fall at 8 is still the onset.
-    assert bench.gt_onset(epochs, [20, 60, 62, 48, 55, 45, 47]) == 8
-    assert bench.gt_falls([20, 60, 62, 48, 55, 45, 47]) == [False, False, False, True, False, True, True]
+    assert study.gt_onset(epochs, [20, 60, 62, 48, 55, 45, 47]) == 8
+    assert study.gt_falls([20, 60, 62, 48, 55, 45, 47]) == [False, False, False, True, False, True, True]
 
 
 def test_gt_best_prefers_modes_then_quality():
     truth = {2: {"modes": 40, "confident_share": 0.9}, 4: {"modes": 50, "confident_share": 0.3},
              6: {"modes": 50, "confident_share": 0.6}}
-    assert bench.gt_best_epoch(truth) == 6
+    assert study.gt_best_epoch(truth) == 6
 
 
 def test_history_targets():
@@ -43,11 +40,11 @@ def test_history_targets():
         gap = None if detected is None or truth is None else (detected - truth) // 2
         return {"picks": picks, "gt_onset": truth, "detected_onset": detected, "onset_error_checkpoints": gap}
 
-    targets = bench.history_targets([run(95, 60, 96, 10, 8), run(90, 90, 90, None, None)])
+    targets = study.history_targets([run(95, 60, 96, 10, 8), run(90, 90, 90, None, None)])
     assert targets["choice_keeps_95pct_every_run"]
     assert targets["never_worse_than_lowest_fid"] and targets["strictly_better_on_a_collapsing_run"]
     assert targets["onset_within_one_checkpoint_on_collapsing_runs"] and targets["no_onset_on_other_runs"]
-    missed = bench.history_targets([run(50, 60, 96, 14, 8)])
+    missed = study.history_targets([run(50, 60, 96, 14, 8)])
     assert not missed["choice_keeps_95pct_every_run"]
     assert not missed["never_worse_than_lowest_fid"]
     assert not missed["onset_within_one_checkpoint_on_collapsing_runs"]
@@ -95,21 +92,21 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, capsys, tracking_uri):
 
 
 def check_replay(path, monkeypatch, capsys):
-    import replay_rule
+    from experiments.collapse import replay
     from evaluation.collapse import Choice
 
     stored = json.loads(path.read_text())
-    runs, targets = replay_rule.replay(stored)
+    runs, targets = replay.replay(stored)
     # The same rule on the same scores judges as the benchmark did.
     for old, new in zip(stored["histories"]["runs"], runs):
         assert new["picks"] == old["picks"] and new["detected_onset"] == old["detected_onset"]
     assert targets == {k: v for k, v in stored["targets"].items() if k in targets}
-    assert replay_rule.main([str(path)]) == 0
+    assert replay.main([str(path)]) == 0
     assert "| collapsing-seed0 | encoder |" in capsys.readouterr().out
 
     # A changed rule is what gets replayed: here one that always keeps the last checkpoint.
-    monkeypatch.setattr(replay_rule, "choose_best", lambda cps, *rules: Choice(cps[-1]["epoch"], "last", []))
-    runs, _ = replay_rule.replay(stored)
+    monkeypatch.setattr(replay, "choose_best", lambda cps, *rules: Choice(cps[-1]["epoch"], "last", []))
+    runs, _ = replay.replay(stored)
     assert all(r["picks"]["facegan"] == r["picks"]["last"] for r in runs)
 
     # A file from before the scores were stored is refused with the reason, not a traceback.
@@ -118,13 +115,13 @@ def check_replay(path, monkeypatch, capsys):
             del checkpoint["kid"]
     stale = path.with_name("stale.json")
     stale.write_text(json.dumps(stored))
-    assert replay_rule.main([str(stale)]) == 1
+    assert replay.main([str(stale)]) == 1
     assert "predates stored scores; run the benchmark again" in capsys.readouterr().err
 
 
 def check_ground_truth_noise(path, tracking_uri, tmp_path, capsys):
-    import ground_truth as gt
-    import ground_truth_noise
+    from experiments.collapse import ground_truth as gt
+    from experiments.collapse import ground_truth_noise
 
     from evaluation.engine import LATENT_SEED
     from facegan.tracking import MlflowRunSource
@@ -205,7 +202,7 @@ def test_tiny_benchmark_online_and_copying(tmp_path, monkeypatch, capsys, tracki
 
     copying = bench.main(["--tiny", "--copying", "--tracking-uri", tracking_uri, "--out", str(out)])
     ladder = copying["copying"]["faces"]["random"]["exact"]
-    assert [p["copied_share"] for p in ladder["points"]] == list(bench.COPY_SHARES)
+    assert [p["copied_share"] for p in ladder["points"]] == list(study.COPY_SHARES)
     shares = [p["memorised_share"] for p in ladder["points"]]
     assert shares == sorted(shares) and shares[-1] == 1.0  # all copied: every sample sits on a training image
     assert ladder["spearman"] > 0.99 and not ladder["flagged_at_zero"]
@@ -226,7 +223,7 @@ def test_designed_collapse_freezes_the_critic_and_raises_gs_learning_rate():
     faces = synthetic_faces(32, 32, seed=0)
     snapshots = {}
 
-    class Recording(bench.DesignedCollapse):
+    class Recording(study.DesignedCollapse):
         def run_epoch(self, stop=None):
             snapshots[self.epoch] = [p.detach().clone() for p in self.gan.discriminator.parameters()]
             return super().run_epoch(stop)

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import collapse_benchmark as bench  # noqa: E402
-import collapse_benchmark_gpu as gpu  # noqa: E402
-from test_collapse_benchmark import check_replay  # noqa: E402
+from experiments.collapse import benchmark_gpu as gpu
+from experiments.collapse import study
+from test_collapse_benchmark import check_replay
 
 
 @pytest.mark.slow
@@ -31,7 +29,7 @@ def test_store_free_scoring_matches_facegan_evaluate(tmp_path, monkeypatch, trac
     scale = gpu.SCALES["tiny"]
     spec = scale.runs[0]
     tracker = MlflowRunTracker.start(tracking_uri, "gpu-equivalence")
-    bench.train_into(tracker, spec, 0, scale, {**gpu.GPU_BASE_OVERRIDES, "train.device": "cpu"})
+    study.train_into(tracker, spec, 0, scale, {**gpu.GPU_BASE_OVERRIDES, "train.device": "cpu"})
     tracker.finish("FINISHED")
     stored = evaluate_run(tracker.run_id, features="random", num_samples=scale.num_samples,
                           tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
@@ -56,12 +54,13 @@ def test_tiny_gpu_benchmark_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys,
     monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
     # As on a bare GPU machine: with MLflow impossible to import (None in sys.modules).
-    script = Path(gpu.__file__)
+    # `python -m experiments.collapse.benchmark_gpu --scale tiny ...` from the repository root.
+    root = Path(gpu.__file__).resolve().parents[2]
     code = ("import runpy, sys; sys.modules['mlflow'] = None; "
             f"sys.argv = ['gpu', '--scale', 'tiny', '--device', 'cpu', '--out', {str(out)!r}]; "
-            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+            "runpy.run_module('experiments.collapse.benchmark_gpu', run_name='__main__', alter_sys=True)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          cwd=script.parents[1], env={**os.environ, "PYTHONPATH": str(script.parents[1])})
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["scale"] == "tiny-gpu80" and figures["device"] == "cpu"

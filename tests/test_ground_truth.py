@@ -1,14 +1,9 @@
 """Ground truth of the collapse benchmark: classifiers on held-out data, mode counting."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import ground_truth as gt  # noqa: E402
+from experiments.collapse import ground_truth as gt
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,10 @@
 """experiments/probe_features.py: nearest-neighbour agreement against scikit-learn's classifier."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-import probe_features as probe  # noqa: E402
+from experiments import probe_features as probe
 
 
 def test_neighbour_agreement_matches_scikit_learn():

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import FACEGAN, TINY_TRAIN
-from servers import MlflowServer, PostgreSQL
+from experiments.servers import MlflowServer, PostgreSQL
 
 EPOCHS, CHECKPOINT_EVERY, SAMPLE_EVERY = 300, 30, 15
 OUTAGE_S = 12

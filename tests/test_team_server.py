@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import FACEGAN, TINY_TRAIN, assert_clean_error, run_id_of
-from servers import MlflowServer, PostgreSQL
+from experiments.servers import MlflowServer, PostgreSQL
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""Real servers for the team tests: a throwaway PostgreSQL cluster and a real `mlflow server` on it.
+"""Real servers: a throwaway PostgreSQL cluster and a real `mlflow server` on it.
+
+The team tests (``tests/test_team_server.py``, ``tests/test_server_outage.py``) and the outage
+benchmark (``experiments/bench_outage.py``) start them the same way, from here.
 
 PostgreSQL comes from Debian's packages (``.ci/run`` installs ``postgresql`` when it is missing);
 the cluster lives in a temporary folder and is stopped and removed at the end. As root (CI),

@@ -1,7 +1,8 @@
 """Part 3 of the collapse benchmark (issue 4): the same study on 80 x 80 faces, longer runs, on a GPU.
 
-What ``experiments/collapse_benchmark.py`` does at 32 x 32 on the CPU, here at the seed's 80 x 80
-with facegan's default networks (DCGAN loss, widths 64, latent 128):
+The study (:mod:`experiments.collapse.study`) that ``experiments/collapse/benchmark.py`` runs at
+32 x 32 on the CPU, here at the seed's 80 x 80 with facegan's default networks (DCGAN loss,
+widths 64, latent 128):
 
 - face ladders (k of the 96 modes, n repeated images, a stable run's latent pulled towards a few
   anchors), rendered at 80 x 80; Spearman of facegan's diversity and coverage with the ground
@@ -26,21 +27,21 @@ PyTorch cannot read a TorchScript file written by a newer one), or the script tr
 real images first (84 s on the H100 machine's 16 CPU cores). Inception is left out: its weights are
 a download, and the GPU machines here reach no network.
 
-Scales (``--scale``): ``gpu80``, the CPU benchmark's own configuration (``collapse_benchmark.STABLE``)
+Scales (``--scale``): ``gpu80``, the CPU benchmark's own configuration (``study.STABLE``)
 for 60 epochs with a checkpoint every 3 and the designed collapse after 45; ``gpu80-lr2e-4``, the
 DCGAN paper's learning rates for 100 epochs (too slow to learn much: see the README); ``tiny``,
 seconds on the CPU for the tests.
 
 Usage (from the repository root; ``PYTHONPATH=.`` where facegan is not installed)::
 
-    python experiments/collapse_benchmark_gpu.py [--device cuda] [--scale gpu80] [--encoder FILE |
+    python -m experiments.collapse.benchmark_gpu [--device cuda] [--scale gpu80] [--encoder FILE |
         --encoder-weights FILE] [--no-ladders] [--out DIR]
-    python experiments/collapse_benchmark_gpu.py --log-study FILE.json [--tracking-uri URI]
+    python -m experiments.collapse.benchmark_gpu --log-study FILE.json [--tracking-uri URI]
 
 Writes ``collapse_benchmark-<scale>.json`` and ``.md`` under ``--out`` (default
 ``experiments/results/``) after every run, so a run stopped early keeps what it finished. The
 second form logs a finished study's figures and files to MLflow, on a machine that has it (the
-GPU machine may not). ``experiments/replay_rule.py`` replays a changed collapse rule on the JSON
+GPU machine may not). ``python -m experiments.collapse.replay`` replays a changed collapse rule on the JSON
 as on the CPU benchmark's.
 """
 
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -56,23 +56,22 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder
+from evaluation.features import get_extractor
+from evaluation.metrics import RealReference
+from evaluation.engine import Scorer, evaluate, generator_batches
+from evaluation.ranking import Evaluation
+from evaluation.sources import GeneratorCheckpoint
+from facegan.checkpoint import load_generator
+from facegan.common import select_device
+from facegan.errors import FaceganError
+from facegan.evaluate import real_images
+from facegan.run_tracker import MemoryTracker, checkpoint_name
+from facegan.synthetic import synthetic_faces
 
-import collapse_benchmark as cb  # noqa: E402  (benchmark-only modules beside this script)
-import ground_truth as gt  # noqa: E402
-
-from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from evaluation.metrics import RealReference  # noqa: E402
-from evaluation.engine import Scorer, evaluate, generator_batches  # noqa: E402
-from evaluation.ranking import Evaluation  # noqa: E402
-from evaluation.sources import GeneratorCheckpoint  # noqa: E402
-from facegan.checkpoint import load_generator  # noqa: E402
-from facegan.common import select_device  # noqa: E402
-from facegan.errors import FaceganError  # noqa: E402
-from facegan.evaluate import real_images  # noqa: E402
-from facegan.run_tracker import MemoryTracker, checkpoint_name  # noqa: E402
-from facegan.synthetic import synthetic_faces  # noqa: E402
+from experiments import RESULTS_DIR, provenance
+from experiments.collapse import ground_truth as gt
+from experiments.collapse import study
 
 IMAGE_SIZE = 80
 
@@ -94,29 +93,29 @@ _SIZES = dict(num_real=2000, num_samples=2000, gt_samples=10000, num_train_image
               repeats_ladder=(2000, 1000, 500, 250, 120, 60, 30, 15, 8, 4, 2, 1))
 
 SCALES = {
-    # The CPU benchmark's own configuration (collapse_benchmark.STABLE: minibatch 32, learning
+    # The CPU benchmark's own configuration (study.STABLE: minibatch 32, learning
     # rates 2e-3) and schedule (a designed collapse three quarters in), at 80 x 80 with the
     # default networks.
-    "gpu80": cb.Scale(
+    "gpu80": study.Scale(
         name="gpu80", **_SIZES,
-        runs=(cb.RunSpec("collapsing", cb.STABLE, True, (0, 1, 2), collapse_after=45),
-              cb.RunSpec("stable", cb.STABLE, False, (0, 1))),
+        runs=(study.RunSpec("collapsing", study.STABLE, True, (0, 1, 2), collapse_after=45),
+              study.RunSpec("stable", study.STABLE, False, (0, 1))),
         epochs=60, checkpoint_every=3,
     ),
     # Measured first (H100): the DCGAN paper's learning rates learn ~20x less per epoch, and
     # after 100 epochs the best checkpoints held 11-15 of the 96 modes, mostly unrecognisable.
-    "gpu80-lr2e-4": cb.Scale(
+    "gpu80-lr2e-4": study.Scale(
         name="gpu80-lr2e-4", **_SIZES,
-        runs=(cb.RunSpec("collapsing", DCGAN_PAPER, True, (0, 1, 2), collapse_after=75),
-              cb.RunSpec("stable", DCGAN_PAPER, False, (0, 1))),
+        runs=(study.RunSpec("collapsing", DCGAN_PAPER, True, (0, 1, 2), collapse_after=75),
+              study.RunSpec("stable", DCGAN_PAPER, False, (0, 1))),
         epochs=100, checkpoint_every=5,
     ),
     # For tests, on the CPU: seconds, not a measurement.
-    "tiny": cb.Scale(
+    "tiny": study.Scale(
         name="tiny-gpu80", num_real=48, num_samples=40, gt_samples=40, encoder=EncoderSettings(epochs=1, batch_size=16),
         face_modes_ladder=(96, 8, 1), digit_modes_ladder=(), repeats_ladder=(40, 4, 1),
-        runs=(cb.RunSpec("collapsing", {**cb.STABLE, "model.g_width": 8, "model.d_width": 8}, True, (0,),
-                         collapse_after=2),),
+        runs=(study.RunSpec("collapsing", {**study.STABLE, "model.g_width": 8, "model.d_width": 8}, True, (0,),
+                            collapse_after=2),),
         epochs=3, checkpoint_every=1, num_train_images=32,
     ),
 }
@@ -128,10 +127,11 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def train_memory_run(spec: cb.RunSpec, seed: int, scale: cb.Scale, device: torch.device) -> dict[int, torch.nn.Module]:
+def train_memory_run(spec: study.RunSpec, seed: int, scale: study.Scale,
+                     device: torch.device) -> dict[int, torch.nn.Module]:
     """Train one run in memory; returns its generator checkpoints by epoch."""
     tracker = MemoryTracker(f"{spec.name}-seed{seed}")
-    cb.train_into(tracker, spec, seed, scale, {**GPU_BASE_OVERRIDES, "train.device": device.type})
+    study.train_into(tracker, spec, seed, scale, {**GPU_BASE_OVERRIDES, "train.device": device.type})
     generators = {}
     with tempfile.TemporaryDirectory() as tmp:
         for epoch, payload in sorted(tracker.checkpoints.items()):
@@ -155,6 +155,28 @@ def evaluate_generators(run_id: str, generators: dict[int, torch.nn.Module], sco
     return evaluation
 
 
+
+class MemoryHistories:
+    """The study's runs in memory on ``device``, scored with the evaluation engine ``facegan evaluate``
+    uses (``scorers``: ``{space: Scorer}``); only the current run's generators are kept."""
+
+    def __init__(self, scale: study.Scale, device: torch.device, classifier, scorers: dict[str, Scorer]):
+        self.scale, self.device, self.classifier, self.scorers = scale, device, classifier, scorers
+        self.generators: dict[str, dict[int, torch.nn.Module]] = {}
+
+    def train(self, spec: study.RunSpec, seed: int) -> str:
+        run_id = f"{spec.name}-seed{seed}"
+        self.generators = {run_id: train_memory_run(spec, seed, self.scale, self.device)}
+        return run_id
+
+    def ground_truth(self, run_id: str, *, keep_best: bool):
+        generators = self.generators[run_id]
+        truth = ground_truth_of(generators, self.classifier, self.scale.gt_samples, self.device)
+        return truth, generators[study.gt_best_epoch(truth)] if keep_best else None
+
+    def evaluate(self, run_id: str, space: str) -> Evaluation:
+        return evaluate_generators(run_id, self.generators[run_id], self.scorers[space])
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto)")
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                              "machine whose PyTorch cannot load a TorchScript file written by a newer one")
     parser.add_argument("--no-ladders", action="store_true", help="skip the ladders (they do not depend on "
                         "the scale's runs, except the truncation ladder, which is then skipped too)")
-    parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--log-study", type=Path, metavar="FILE.json",
                         help="only log a finished study (its JSON and markdown) to MLflow, then exit")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
@@ -188,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         device = select_device(args.device)
     except FaceganError as exc:  # --device cuda without CUDA
         parser.error(str(exc))
+    record = provenance.announce(__spec__.name, argv)
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -207,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     torch.backends.cudnn.benchmark = True
     classifier = gt.FaceClassifier.load_or_train().to(device)
     real = synthetic_faces(scale.num_train_images, IMAGE_SIZE, seed=0)
-    faces = cb.Domain("faces80", synthetic_faces(scale.num_real, IMAGE_SIZE, seed=0).images, classifier,
-                      gt.num_face_modes(), scale.face_modes_ladder, image_size=IMAGE_SIZE)
+    faces = study.Domain("faces80", synthetic_faces(scale.num_real, IMAGE_SIZE, seed=0).images, classifier,
+                         gt.num_face_modes(), scale.face_modes_ladder, image_size=IMAGE_SIZE)
     ground_truth = {"faces80": {
         "held_out_accuracy": classifier.held_out_accuracy(seed=1_000_003 + IMAGE_SIZE, size=IMAGE_SIZE),
         "train_seconds": round(classifier.seconds, 1),
@@ -227,16 +250,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     scorers = {space: Scorer(ex, real_images(real), scale.num_samples, device=device)
                for space, ex in extractors.items()}
 
-    ladders = {}
     references = {space: RealReference.from_features(ex.extract(faces.real)) for space, ex in extractors.items()}
-    ladder_kinds = () if args.no_ladders else ("modes", "repeats")
-    for kind in ladder_kinds:
-        sets = (cb.modes_ladder(faces, scale.num_samples) if kind == "modes"
-                else cb.repeats_ladder(faces, scale.num_samples, scale.repeats_ladder))
-        ladders[f"faces80/{kind}"] = cb.score_ladder(sets, faces, extractors, references)
-        log(f"ladder faces80/{kind}: {ladders[f'faces80/{kind}']['spearman']}")
-
     result = {
+        "provenance": record,
         "scale": scale.name,
         "device": device_name(device),
         "torch": torch.__version__,
@@ -249,42 +265,17 @@ def main(argv: list[str] | None = None) -> dict | None:
                      "gt_samples": scale.gt_samples, "encoder": {"epochs": _encoder_epochs(encoder_info)},
                      "encoders": {"faces80": encoder_info}},
         "ground_truth": ground_truth,
-        "ladders": ladders,
+        "ladders": {},
         "histories": {"runs": [], "reliability": {}},
         "targets": {},
         "gpu": f"this is the GPU part, run on {device_name(device)}",
     }
-    specs = {spec.name: spec for spec in scale.runs}
-    for name, seed in (pair for pair in ORDER if pair[0] in specs and pair[1] in specs[pair[0]].seeds):
-        spec = specs[name]
-        began = time.perf_counter()
-        generators = train_memory_run(spec, seed, scale, device)
-        seconds = {"train": round(time.perf_counter() - began, 1)}
-        began = time.perf_counter()
-        truth = ground_truth_of(generators, classifier, scale.gt_samples, device)
-        seconds["ground_truth"] = round(time.perf_counter() - began, 1)
-        epochs = sorted(truth)
-        log(f"{name}-seed{seed}: trained {seconds['train']} s; GT modes {[truth[e]['modes'] for e in epochs]}, "
-            f"GT onset {cb.gt_onset(epochs, [truth[e]['modes'] for e in epochs])}")
-        for space in extractors:
-            began = time.perf_counter()
-            evaluation = evaluate_generators(f"{name}-seed{seed}", generators, scorers[space])
-            summary = cb.summarise_run(f"{name}-seed{seed}", seed, spec, evaluation, truth)
-            summary["features"] = space
-            summary["seconds"] = {**seconds, "evaluate": round(time.perf_counter() - began, 1)}
-            result["histories"]["runs"].append(summary)
-            log(f"  [{space}] choice epoch {summary['picks']['facegan']['epoch']} "
-                f"({summary['picks']['facegan']['modes']} modes; GT best {summary['picks']['gt_best']['modes']}, "
-                f"lowest FID {summary['picks']['lowest_fid']['modes']}), onset {summary['detected_onset']}")
-        if name == "stable" and not args.no_ladders and "faces80/truncation" not in ladders:
-            best = generators[cb.gt_best_epoch(truth)]
-            ladders["faces80/truncation"] = cb.score_ladder(cb.truncation_ladder(best, scale.num_samples), faces,
-                                                            extractors, references)
-            log(f"ladder faces80/truncation: {ladders['faces80/truncation']['spearman']}")
-        write(result, args.out, started)
+    histories = MemoryHistories(scale, device, classifier, scorers)
+    study.run_study(result, scale, [faces], {faces.name: extractors}, {faces.name: references}, histories, log,
+                    ladders=not args.no_ladders, order=ORDER, after_run=lambda r: write(r, args.out, started))
     result = write(result, args.out, started)
-    print(cb.markdown(result))
-    print(json.dumps(cb.headline(result), default=cb._json_default))
+    print(study.markdown(result))
+    print(json.dumps(study.headline(result), default=study.json_default))
     return result
 
 
@@ -294,14 +285,8 @@ def _encoder_epochs(info: dict) -> int | None:
 
 def write(result: dict, out: Path, started: float) -> dict:
     """Refresh the targets and write the JSON and the table (after every run)."""
-    runs = result["histories"]["runs"]
-    result["histories"]["reliability"] = cb.reliability(runs)
-    result["targets"] = {**cb.ladder_targets(result["ladders"]), **(cb.history_targets(runs) if runs else {})}
-    result["seconds_total"] = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"collapse_benchmark-{result['scale']}.json").write_text(
-        json.dumps(result, indent=1, default=cb._json_default))
-    (out / f"collapse_benchmark-{result['scale']}.md").write_text(cb.markdown(result))
+    study.finish(result, started)
+    study.write_result(result, out, f"collapse_benchmark-{result['scale']}")
     return result
 
 
@@ -314,8 +299,8 @@ def log_finished_study(parser: argparse.ArgumentParser, path: Path, tracking_uri
         parser.error(f"--log-study {path}: not a collapse benchmark result")
     markdown_path = path.with_suffix(".md")
     paths = [path] + ([markdown_path] if markdown_path.is_file() else [])
-    run_id = cb.log_study(result, tracking_uri, paths)
-    print(f"logged the study as MLflow run {run_id} (experiment {cb.EXPERIMENT}) at {tracking_uri}")
+    run_id = study.log_study(result, tracking_uri, paths)
+    print(f"logged the study as MLflow run {run_id} (experiment {study.EXPERIMENT}) at {tracking_uri}")
 
 
 if __name__ == "__main__":

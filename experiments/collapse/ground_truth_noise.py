@@ -1,6 +1,6 @@
 """How finely does the collapse benchmark's ground truth resolve a checkpoint's modes?
 
-The collapse benchmark (``experiments/collapse_benchmark.py``) counts each checkpoint's modes
+The collapse benchmark (``experiments/collapse/benchmark.py``) counts each checkpoint's modes
 once, on facegan's fixed 10,000 latents: a mode counts when at least one of its samples is
 classified confidently. With about 15% of the samples confident, a rare mode has one or two
 confident samples, and another draw of 10,000 latents may miss it. The benchmark's targets
@@ -21,7 +21,7 @@ facegan's FID orders the same checkpoints, and which checkpoint has the lowest m
 
 Usage::
 
-    python experiments/ground_truth_noise.py [RESULT.json] --tracking-uri URI [--repeats 5] [--from-epoch 18]
+    python -m experiments.collapse.ground_truth_noise [RESULT.json] --tracking-uri URI [--repeats 5] [--from-epoch 18]
         [--features LABEL=SPEC ...]
 
 RESULT.json defaults to ``experiments/results/collapse_benchmark.json``; URI is the store the
@@ -34,23 +34,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from evaluation.engine import LATENT_SEED, Scorer, generator_batches
+from evaluation.features import get_extractor
+from evaluation.sources import ImagesCheckpoint
+from facegan.errors import FaceganError
+from facegan.evaluate import real_images, run_training_data
 
-import ground_truth as gt  # noqa: E402  (benchmark-only module beside this script)
-
-from evaluation.engine import LATENT_SEED, Scorer, generator_batches  # noqa: E402
-from evaluation.features import get_extractor  # noqa: E402
-from evaluation.sources import ImagesCheckpoint  # noqa: E402
-from facegan.errors import FaceganError  # noqa: E402
-from facegan.evaluate import real_images, run_training_data  # noqa: E402
+from experiments import RESULTS_DIR, provenance
+from experiments.collapse import ground_truth as gt
 
 PICKS = ("facegan", "lowest_fid")
 
@@ -143,7 +140,7 @@ def summarise(result: dict, counts: dict[str, dict[int, list[int]]], fids: dict 
 
 
 def markdown(result_name: str, settings: dict, counts: dict, rows: list[dict], result: dict,
-             fids: dict | None = None) -> str:
+             fids: dict | None = None, record: dict | None = None) -> str:
     lines = [f"# Ground-truth resolution of `{result_name}`", "",
              (f"{settings['repeats']} further draws of {settings['num_samples']} latents per checkpoint "
               f"(from epoch {settings['from_epoch']}); the stored count is the benchmark's, on facegan's own latents. "
@@ -193,12 +190,14 @@ def markdown(result_name: str, settings: dict, counts: dict, rows: list[dict], r
                 p = row["lowest_mean_fid"]
                 lines.append(f"| {row['run']} | {row['features']} | ep {p['epoch']}, {p['resampled_mean']} "
                              f"| {100 * p['kept_resampled']:.0f}% |")
+    if record is not None:
+        lines += provenance.markdown_lines(record)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("result", nargs="?", type=Path, default=gt.RESULTS_DIR / "collapse_benchmark.json",
+    parser.add_argument("result", nargs="?", type=Path, default=RESULTS_DIR / "collapse_benchmark.json",
                         help="a collapse benchmark's JSON (default experiments/results/collapse_benchmark.json)")
     parser.add_argument("--tracking-uri", required=True, help="the store the benchmark trained its runs into")
     parser.add_argument("--repeats", type=int, default=5, help="further latent draws per checkpoint (default 5)")
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also score every draw with facegan's FID in this feature space, for the runs the "
                              "benchmark scored under LABEL (e.g. encoder=torchscript:enc.pt, random=random; "
                              "repeatable)")
-    parser.add_argument("--out", type=Path, default=gt.RESULTS_DIR,
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for <RESULT>-gt_noise.json and .md (default experiments/results)")
     args = parser.parse_args(argv)
     if args.repeats < 2:
@@ -240,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"(epoch {epoch}); give a lower one")
     if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[len("sqlite:///"):]).is_file():
         parser.error(f"no store at {args.tracking_uri} (give the benchmark's own --tracking-uri)")
+    record = provenance.announce(__spec__.name, argv)
     started = time.perf_counter()
     classifier = gt.FaceClassifier.load_or_train()  # every benchmark scale's classifier (gt.FACE_SETTINGS)
     counts, fids = {}, {}
@@ -261,14 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "features": specs, "num_scored": int(result.get("num_samples", num_samples))}
     fids = {k: v for k, v in fids.items() if any(v.values())} if specs else {}
     rows = summarise(result, counts, fids)
-    report = {"settings": settings, "counts": {k: {str(e): v for e, v in c.items()} for k, c in counts.items()},
+    report = {"provenance": record, "settings": settings,
+              "counts": {k: {str(e): v for e, v in c.items()} for k, c in counts.items()},
               "fids": {k: {label: {str(e): v for e, v in by_epoch.items()} for label, by_epoch in per.items()}
                        for k, per in fids.items()},
               "runs": rows, "seconds": round(time.perf_counter() - started, 1)}
     stem = args.result.stem + "-gt_noise"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    text = markdown(args.result.name, settings, counts, rows, result, fids)
+    text = markdown(args.result.name, settings, counts, rows, result, fids, record)
     (args.out / f"{stem}.md").write_text(text)
     print(text)
     return report

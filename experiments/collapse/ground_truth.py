@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments import RESULTS_DIR
 from facegan.synthetic import SYNTHETIC_ATTRIBUTES, render_faces
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CLASSIFIER_DIR = RESULTS_DIR / "classifiers"
 IMAGE_SIZE = 32
 FACE_CONFIDENCE = 0.9  # every head's top softmax probability must reach this for a "confident" sample

@@ -1,6 +1,6 @@
 """Re-apply the current collapse rule and choice to a stored collapse benchmark, in seconds.
 
-The collapse benchmark (``experiments/collapse_benchmark.py``) trains its runs, scores every
+The collapse benchmark (``experiments/collapse/benchmark.py``) trains its runs, scores every
 checkpoint and classifies it with the ground truth: 20 minutes and more on a CPU. Its JSON keeps
 every checkpoint's scores and the chance levels, so a change to ``evaluation/collapse.py`` can be
 judged on exactly those runs without training them again: this script runs today's
@@ -14,7 +14,10 @@ so the replay gives the same picks as such a run would).
 
 Usage::
 
-    python experiments/replay_rule.py [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
+    python -m experiments.collapse.replay [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
+
+The output starts with ``# commit:`` / ``# command:`` lines (:mod:`experiments.provenance`), for
+when it is kept as a result.
 """
 
 from __future__ import annotations
@@ -24,13 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from collapse_benchmark import history_targets, judge_run, onset_cell  # noqa: E402  (script beside this one)
-
-from evaluation.collapse import choose_best, detect_collapse  # noqa: E402
-from evaluation.memorisation import detect_memorisation  # noqa: E402
-from ground_truth import RESULTS_DIR  # noqa: E402
+from evaluation.collapse import choose_best, detect_collapse
+from evaluation.memorisation import detect_memorisation
+from experiments import RESULTS_DIR, provenance
+from experiments.collapse.study import history_targets, judge_run, onset_cell
 
 _SCORE_KEYS = ("fid", "kid", "kid_std", "coverage", "diversity", "duplicate_share")
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = args.results or sorted(RESULTS_DIR.glob("collapse_benchmark*.json"))
     if not paths:
-        parser.error(f"no benchmark results under {RESULTS_DIR}; run experiments/collapse_benchmark.py first")
+        parser.error(f"no benchmark results under {RESULTS_DIR}; run python -m experiments.collapse.benchmark first")
+    provenance.announce(__spec__.name, argv)
     status = 0
     for path in paths:
         try:
