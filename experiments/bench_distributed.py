@@ -10,7 +10,7 @@ machine's cores (each gets ``cores / N`` threads), so the figure says what the e
 not a speed-up.
 
 Usage:
-    python experiments/bench_distributed.py [--nprocs 1,2] [--device auto|cpu|cuda] [--loss wgan-gp]
+    python -m experiments.bench_distributed [--nprocs 1,2] [--device auto|cpu|cuda] [--loss wgan-gp]
         [--batch-size 64] [--seconds 20] [--set train.gp_every=4 ...]
 
 Prints a table and, as the last line, a JSON object with every figure.
@@ -91,6 +91,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    from experiments import provenance
+
+    provenance.announce(__spec__.name)
     cores = os.cpu_count() or 1
     results = []
     print(f"{'processes':>9} {'images/s':>9} {'scaling':>8}  device", flush=True)

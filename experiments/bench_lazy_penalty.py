@@ -10,7 +10,7 @@ and recall. The paired difference over seeds, against the spread of one generato
 fresh latents (the sampling noise), says whether the speed costs quality.
 
 Usage:
-    python experiments/bench_lazy_penalty.py [--seconds 120] [--seeds 0,1,2] [--image-size 32]
+    python -m experiments.bench_lazy_penalty [--seconds 120] [--seeds 0,1,2] [--image-size 32]
 
 Prints a table and, as the last line, a JSON object with every figure.
 """
@@ -25,6 +25,7 @@ import time
 import torch
 
 from evaluation.engine import Scorer
+from experiments import provenance
 from evaluation.sources import GeneratorCheckpoint
 from facegan.config import load_config
 from facegan.evaluate import make_extractor, real_images
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=1000, help="samples scored per generator")
     parser.add_argument("--features", default="random", help="feature space, as facegan evaluate --features")
     args = parser.parse_args()
+    provenance.announce(__spec__.name)
 
     device = torch.device("cpu")
     faces = synthetic_faces(args.num_images, args.image_size, seed=0)
