@@ -198,11 +198,12 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
         fixed = sorted(set(settings) - _RESUMABLE)
         if fixed:
             raise FaceganError(f"cannot change {', '.join(fixed)} when resuming; only --epochs and --device may change")
+        cfg = None  # the run's own, from its resume state
     if procs.distributed:
         from facegan.distributed import ReportedByMain
 
         try:
-            _train(cfg if not resume_run_id else None, settings, resume_run_id, quiet, procs)
+            _train(cfg, settings, resume_run_id, quiet, procs)
         except ReportedByMain:  # rank 0 has said why
             sys.exit(1)
         finally:
@@ -210,7 +211,7 @@ def train(config_file, overrides, resume_run_id, quiet, **options):
 
             distributed.stop(procs)
     else:
-        _train(cfg if not resume_run_id else None, settings, resume_run_id, quiet, procs)
+        _train(cfg, settings, resume_run_id, quiet, procs)
 
 
 def _train(cfg, settings: dict, resume_run_id: str | None, quiet: bool, procs) -> None:
