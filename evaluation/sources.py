@@ -62,7 +62,7 @@ class ImagesCheckpoint:
 
 @dataclass
 class FolderCheckpoint:
-    """One folder of sample images, ``DIR/<epoch>/*.png`` (the seed's layout), read at ``image_size``."""
+    """One folder of sample images, ``DIR/<epoch>/*.png`` (the tutorial's layout), read at ``image_size``."""
 
     epoch: int
     folder: Path

@@ -3,7 +3,7 @@
 Run: ``python -m experiments.bench_data [--identities 300] [--repeats 3]``
 
 Preparation is timed on a temporary LFW-like folder: ``--identities`` person folders of 250x250
-JPEGs (synthetic faces at that size), two to four per folder, so that the seed's policy keeps two
+JPEGs (synthetic faces at that size), two to four per folder, so that the tutorial's policy keeps two
 per person. A second folder of 1000x1000 JPEGs shows what decoding at reduced scale
 (``Image.draft``) buys on large photos. Each figure is the best of ``--repeats`` runs, since
 these machines are shared and only slow down.

@@ -1,7 +1,7 @@
 """Does the lazy gradient penalty cost quality? WGAN-GP with ``train.gp_every`` 1 and 4 at equal wall time.
 
 For each seed, two WGAN-GP trainings with the real loop on the built-in faces: the penalty on
-every critic step (gp_every 1, the seed's) and on every 4th, 4 times as strong (gp_every 4,
+every critic step (gp_every 1, the tutorial's) and on every 4th, 4 times as strong (gp_every 4,
 as StyleGAN2 regularises lazily). They train in alternation, one epoch each in turn, so that a
 change in the machine's load hits both; each stops once its own training time (the epochs'
 wall time, nothing else) reaches the budget, so the faster one trains more epochs. Then both are

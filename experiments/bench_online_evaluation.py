@@ -9,7 +9,7 @@
    Each run gets a new sqlite store. Overhead = median evaluating wall time / median plain - 1;
    also the median of the per-repeat ratios (each evaluating run over the plain run just before it),
    which a machine whose speed drifts between repeats disturbs less.
-2. **The tutorial's cadence** (a checkpoint every 100 epochs of the seed's WGAN-GP on 2000 faces
+2. **The tutorial's cadence** (a checkpoint every 100 epochs of the tutorial's WGAN-GP on 2000 faces
    at 80 x 80, minibatch 20, adaptive schedule): the seconds of one epoch, timed on a tenth of one,
    against the seconds to score one 80 x 80 checkpoint at ``--num-samples`` (the real side already
    computed, as in training); overhead = scoring / (100 epochs).
@@ -121,7 +121,7 @@ def tutorial_cadence(features: str, num_samples: int, device: str, inception_wei
 
     torch_device = select_device(device)
     tenth = 200  # a tenth of the tutorial's 2000 faces: ten minibatches of 20
-    cfg = load_config(ROOT / "experiments" / "seed_wgan_gp.toml",
+    cfg = load_config(ROOT / "experiments" / "tutorial_wgan_gp.toml",
                       {"data.source": "synthetic", "data.num_images": tenth, "train.device": device})
     trainer = Trainer(cfg, synthetic_faces(tenth, 80, seed=0), MemoryTracker(), progress=False)
     trainer.run_epoch()  # warm-up: allocations, kernel choice

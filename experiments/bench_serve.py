@@ -2,7 +2,7 @@
 
 Run: ``python -m experiments.bench_serve [--requests 300] [--warmup 20] [--render-repeats 100]``
 
-Starts the real ``facegan serve`` in a subprocess on the seed's 80x80 ``Generator()`` with random
+Starts the real ``facegan serve`` in a subprocess on the tutorial's 80x80 ``Generator()`` with random
 (DCGAN-initialised) weights: latency does not depend on what the weights learned. Then sends
 ``--requests`` sequential ``GET /generate?z=...`` requests over one keep-alive connection, as the
 page does, each with a fresh random latent written with 4 decimals, as the page writes them.

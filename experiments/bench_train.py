@@ -1,12 +1,12 @@
-"""Training speed: facegan's steps against a seed-faithful reference loop, side by side.
+"""Training speed: facegan's steps against a tutorial-faithful reference loop, side by side.
 
-The reference loop reproduces the seed tutorial's per-minibatch work (our own code, the seed's
+The reference loop reproduces the tutorial's per-minibatch work (our own code, the tutorial's
 networks and settings): minibatch 20, contiguous memory, every minibatch generates fakes with
 a graph and scores reals and fakes, reads both accuracies back to the host, and backpropagates
 the chosen loss through everything (a D step also computes G's gradients, which are then
-zeroed); WGAN-GP's penalty as the seed computes it. Both loops follow the same sequence of steps
+zeroed); WGAN-GP's penalty as the tutorial computes it. Both loops follow the same sequence of steps
 (5 D steps, then 1 G step) so neither gains from a different mix. facegan runs at its default
-batch size and, for information, at the seed's 20, with bf16 autocast where the device has native
+batch size and, for information, at the tutorial's 20, with bf16 autocast where the device has native
 bf16 (a CUDA GPU, or a CPU with AVX512-BF16/AMX), and on a GPU at minibatch 256. WGAN-GP also
 runs with the lazy penalty (``train.gp_every = 4``: the penalty on every 4th critic step, 4
 times as strong); ``experiments/bench_lazy_penalty.py`` checks what that costs in quality.
@@ -33,7 +33,7 @@ from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf
 
 from experiments import provenance
 
-SEED_BATCH = 20
+TUTORIAL_BATCH = 20
 N_CRITIC = 5
 LAZY_GP_EVERY = 4
 
@@ -47,8 +47,8 @@ def _use_pytorch_instance_norm(model: nn.Module) -> None:
                 setattr(module, name, nn.InstanceNorm2d(child.num_features, affine=True).to(child.weight.device))
 
 
-class SeedReference:
-    """The seed's per-minibatch work, following a fixed D/G sequence."""
+class TutorialReference:
+    """The tutorial's per-minibatch work, following a fixed D/G sequence."""
 
     def __init__(self, loss: str, device: torch.device):
         from facegan.models import Discriminator, Generator
@@ -56,9 +56,9 @@ class SeedReference:
         self.loss, self.device = loss, device
         self.g = Generator().to(device)
         self.d = Discriminator(norm="instance" if loss == "wgan-gp" else "batch").to(device)
-        _use_pytorch_instance_norm(self.d)  # the seed's nn.InstanceNorm2d, not facegan's faster form
+        _use_pytorch_instance_norm(self.d)  # the tutorial's nn.InstanceNorm2d, not facegan's faster form
         if loss == "dcgan":
-            self.d = nn.Sequential(self.d, nn.Sigmoid()).to(device)  # the seed's sigmoid + BCE
+            self.d = nn.Sequential(self.d, nn.Sigmoid()).to(device)  # the tutorial's sigmoid + BCE
         if loss == "dcgan":
             self.opt_g = torch.optim.Adam(self.g.parameters(), 2e-4, betas=(0.5, 0.999))
             self.opt_d = torch.optim.Adam(self.d.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -71,7 +71,7 @@ class SeedReference:
         self.last_real_mean = 0.5
 
     def _penalty(self, real, fake):
-        # As the seed: normal mixing weights, norm over channels, graph kept for backward.
+        # As the tutorial: normal mixing weights, norm over channels, graph kept for backward.
         rate = torch.randn(real.shape[0], 1, 1, 1, device=self.device).expand_as(real)
         mixed = rate * real + (1 - rate) * fake
         scores = self.d(mixed)
@@ -89,7 +89,7 @@ class SeedReference:
             acc_g = (p_fake >= self.last_real_mean).float().mean().item()
             self.last_real_mean = p_real.mean().item()
             acc_d = (p_real > p_fake).float().mean().item()
-        _ = acc_g / 2 >= acc_d  # the seed's decision, computed every minibatch
+        _ = acc_g / 2 >= acc_d  # the tutorial's decision, computed every minibatch
         if train_d:
             if self.loss == "dcgan":
                 bce = nn.functional.binary_cross_entropy
@@ -139,15 +139,15 @@ def images_per_second(step, batches, device, seconds: float, warmup: int = 2) ->
 
 def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Tensor) -> dict:
     torch.manual_seed(0)
-    seed = SeedReference(loss, device)
-    seed_batches = [b.to(device) for b in images.split(SEED_BATCH)]
+    seed = TutorialReference(loss, device)
+    seed_batches = [b.to(device) for b in images.split(TUTORIAL_BATCH)]
     pattern = lambda i: (i % (N_CRITIC + 1)) < N_CRITIC  # noqa: E731  (5 D, 1 G)
     seed_ips = images_per_second(lambda b, i: seed.step(b, pattern(i)), seed_batches, device, seconds)
 
     result = {"seed_images_per_s": round(seed_ips, 2)}
     default_batch = load_config().train.batch_size
     bf16_native = device.type == "cuda" or cpu_has_native_bf16()
-    variants = [("facegan", default_batch, False, 1), ("facegan_batch20", SEED_BATCH, False, 1)]
+    variants = [("facegan", default_batch, False, 1), ("facegan_batch20", TUTORIAL_BATCH, False, 1)]
     if bf16_native:
         variants.append(("facegan_bf16", default_batch, True, 1))
     if device.type == "cuda":

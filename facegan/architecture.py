@@ -18,7 +18,7 @@ _LAYOUTS = {b * 2**n: (b, n) for b in (4, 5) for n in (3, 4, 5)}
 SUPPORTED_IMAGE_SIZES = tuple(sorted(_LAYOUTS))
 GENERATOR_NORMS = ("batch", "none")
 DISCRIMINATOR_NORMS = ("batch", "instance", "none")
-# A config's d_norm before it is resolved for an objective: InstanceNorm for wgan-gp (as the seed),
+# A config's d_norm before it is resolved for an objective: InstanceNorm for wgan-gp (as the tutorial),
 # BatchNorm otherwise. Never stored in a checkpoint.
 AUTO_NORM = "auto"
 
@@ -48,7 +48,7 @@ class NetworkConfig:
     d_norm: str = "batch"
 
     def resolve(self, loss: str) -> "NetworkConfig":
-        """The config for training with ``loss``: d_norm ``"auto"`` replaced by the seed's choice,
+        """The config for training with ``loss``: d_norm ``"auto"`` replaced by the tutorial's choice,
         then validated (:meth:`validate`)."""
         network = self
         if self.d_norm == AUTO_NORM:

@@ -128,7 +128,7 @@ _FEATURES_HELP = ("inception (standard FID; downloads weights once), dinov2 (DIN
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see experiments/*.toml).")
 @click.option("--data", help="`synthetic` (default), a file from `facegan prepare`, or an image folder.")
 @click.option("--loss", type=click.Choice(["dcgan", "wgan", "wgan-gp"]), help="Objective [default: wgan-gp].")
-@click.option("--epochs", type=int, help="Epochs to train [default: 10000, as the seed].")
+@click.option("--epochs", type=int, help="Epochs to train [default: 10000, as the tutorial].")
 @click.option("--batch-size", type=int, help="Minibatch size [default: 64].")
 @click.option("--image-size", type=int, help="Image size: 32, 40, 64, 80, 128 or 160 [default: 80].")
 @click.option("--num-images", type=int, help="Training images used [default: 2000].")
@@ -343,7 +343,7 @@ def sync(run_id, folder, tracking_uri):
               help="Evaluate every checkpoint of this training run; given several times, compare the runs as a study.")
 @click.option("--experiment", metavar="NAME",
               help="Or: a study of every training run in this MLflow experiment (e.g. the tutorial's three objectives).")
-@click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the seed's layout).")
+@click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the tutorial's layout).")
 @click.option("--real", type=click.Path(), help="Real images: a dataset file or an image folder. Required with --samples; "
               "with --run it replaces the run's own training data.")
 @click.option("--features", default="inception", show_default=True, help="Feature space: " + _FEATURES_HELP + ".")

@@ -1,12 +1,12 @@
 """Typed training configuration: defaults, TOML files, ``--set key=value`` overrides, validation.
 
-A config file is a short diff of the defaults, e.g. ``experiments/seed_wgan.toml``::
+A config file is a short diff of the defaults, e.g. ``experiments/tutorial_wgan.toml``::
 
     [train]
     loss = "wgan"
 
 Unknown sections or keys and badly typed values are errors, never ignored. ``resolve`` fills
-the values that depend on others (the seed's optimiser settings per objective, the critic's
+the values that depend on others (the tutorial's optimiser settings per objective, the critic's
 norm) so that the logged and checkpointed config says exactly what ran.
 """
 
@@ -27,8 +27,8 @@ SCHEDULES = ("adaptive", "fixed")
 OPTIMIZERS = ("adam", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
 
-# The seed's optimiser settings per objective: (optimizer, lr, beta1, beta2).
-SEED_OPTIMIZERS = {
+# The tutorial's optimiser settings per objective: (optimizer, lr, beta1, beta2).
+TUTORIAL_OPTIMIZERS = {
     "dcgan": ("adam", 2e-4, 0.5, 0.999),
     "wgan": ("rmsprop", 5e-5, 0.0, 0.0),
     "wgan-gp": ("adam", 1e-4, 0.0, 0.999),
@@ -38,12 +38,12 @@ SEED_OPTIMIZERS = {
 @dataclass
 class DataConfig:
     source: str = "synthetic"  # "synthetic", a file from `facegan prepare`, or an image folder
-    num_images: int = 2000  # images used (the seed keeps 2000 LFW faces)
+    num_images: int = 2000  # images used (the tutorial keeps 2000 LFW faces)
     seed: int = 0  # seed of the built-in synthetic faces
 
 
 def _model_defaults() -> NetworkConfig:
-    """The ``[model]`` section's defaults: the seed's 80x80 networks, the critic's norm chosen by
+    """The ``[model]`` section's defaults: the tutorial's 80x80 networks, the critic's norm chosen by
     the objective (d_norm ``"auto"``, resolved by :func:`resolve`)."""
     return NetworkConfig(d_norm=AUTO_NORM)
 
@@ -53,12 +53,12 @@ class TrainConfig:
     loss: str = "wgan-gp"
     epochs: int = 10000
     batch_size: int = 64
-    schedule: str = "adaptive"  # the seed's accuracy balance, or "fixed": n_critic D steps per G step
+    schedule: str = "adaptive"  # the tutorial's accuracy balance, or "fixed": n_critic D steps per G step
     n_critic: int = 5  # fixed: D steps per G step; adaptive: D minibatches after a switch to D
     gp_weight: float = 10.0
     gp_every: int = 1  # wgan-gp: the penalty on every k-th critic step, k times as strong (lazy, as StyleGAN2's R1)
-    clip_value: float = 0.1  # WGAN weight clipping (the seed's 0.1, larger than the paper's 0.01)
-    optimizer: str | None = None  # None: the seed's choice for the loss
+    clip_value: float = 0.1  # WGAN weight clipping (the tutorial's 0.1, larger than the paper's 0.01)
+    optimizer: str | None = None  # None: the tutorial's choice for the loss
     lr_g: float | None = None
     lr_d: float | None = None
     beta1: float | None = None
@@ -76,9 +76,9 @@ class TrackingConfig:
     experiment: str = "facegan"
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     run_name: str | None = None
-    checkpoint_every: int = 100  # epochs between generator checkpoints (the seed's 100)
+    checkpoint_every: int = 100  # epochs between generator checkpoints (the tutorial's 100)
     sample_every: int = 1  # epochs between sample grids
-    resume_every: int = 10  # epochs between resume states (the seed's 10)
+    resume_every: int = 10  # epochs between resume states (the tutorial's 10)
     num_samples: int = 100  # fixed latents in the sample grid
     send_timeout: float = 120.0  # seconds a finished run waits for a tracking store that is away
 
@@ -246,7 +246,7 @@ def resolve(cfg: Config) -> Config:
     _choice("train.device", t.device, DEVICES)
     # Image size, widths, norms and the critic's norm for the objective: NetworkConfig's own checks.
     cfg.model = cfg.model.resolve(t.loss)
-    optimizer, lr, beta1, beta2 = SEED_OPTIMIZERS[t.loss]
+    optimizer, lr, beta1, beta2 = TUTORIAL_OPTIMIZERS[t.loss]
     t.optimizer = t.optimizer or optimizer
     _choice("train.optimizer", t.optimizer, OPTIMIZERS)
     t.lr_g = lr if t.lr_g is None else t.lr_g

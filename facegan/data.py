@@ -115,7 +115,7 @@ def load_data(
     Args:
         source: ``"synthetic"`` (``num_images`` faces, default 2000, drawn with ``seed``); a file
             from ``facegan prepare`` (its first ``num_images`` images when given; its image size
-            must equal ``image_size``); or an image folder (prepared on the fly with the seed's
+            must equal ``image_size``); or an image folder (prepared on the fly with the tutorial's
             policy, ``num_images`` as the limit, ``seed`` for the shuffle).
         num_images: how many images; ``None`` for the source's default or all of a file.
         image_size: side in pixels the caller needs.

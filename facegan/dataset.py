@@ -18,7 +18,7 @@ import torch
 from facegan import __version__
 from facegan.errors import FaceganError
 
-# The seed's image size, shared by the folder preparation and the synthetic faces.
+# The tutorial's image size, shared by the folder preparation and the synthetic faces.
 DEFAULT_IMAGE_SIZE = 80
 
 

@@ -1,4 +1,4 @@
-"""Image folders to datasets, with the seed's policy (LFW layout: one folder per person).
+"""Image folders to datasets, with the tutorial's policy (LFW layout: one folder per person).
 
 :func:`prepare_folder` keeps at most ``per_identity`` images per folder, shuffles them with
 ``seed``, keeps the first ``limit``, crops the middle ``crop`` fraction and resizes to
@@ -28,7 +28,7 @@ from facegan.errors import FaceganError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# The seed's policy for LFW.
+# The tutorial's policy for LFW.
 DEFAULT_PER_IDENTITY = 2
 DEFAULT_LIMIT = 2000
 DEFAULT_CROP = 0.5
@@ -50,7 +50,7 @@ def prepare_folder(
     progress: bool = True,
     holdout: int = 0,
 ) -> Dataset:
-    """Make a dataset from a folder of photos with the seed's policy.
+    """Make a dataset from a folder of photos with the tutorial's policy.
 
     1. Find every image at any depth (``IMAGE_EXTENSIONS``, any case), in sorted path order.
     2. A person is an image's parent folder (LFW layout); keep the first ``per_identity`` images
@@ -58,7 +58,7 @@ def prepare_folder(
     3. Shuffle those with ``seed``; decode in that order until ``limit`` images are kept. A file
        that cannot be read is skipped, listed in the manifest, and the next one takes its place.
     4. Keep the middle ``crop`` fraction of width and height (0.5: from 25% to 75%), resize to
-       ``image_size`` x ``image_size`` (stretching non-square crops, as the seed does), after
+       ``image_size`` x ``image_size`` (stretching non-square crops, as the tutorial does), after
        applying the EXIF orientation and converting any mode to RGB (transparency over white).
     5. With ``holdout``, keep that many more images as a held-out split, taken in the same
        shuffled order after the training images and only from people none of whose images are

@@ -1,14 +1,14 @@
 """The three training objectives: DCGAN, WGAN and WGAN-GP.
 
-Each objective turns the discriminator's raw scores into the D and G losses and into the seed's
+Each objective turns the discriminator's raw scores into the D and G losses and into the tutorial's
 two "accuracies", which drive its adaptive balance:
 
 - ``accuracy_g``: the share of fakes that fool D;
 - ``accuracy_d``: how well D separates real from fake.
 
-DCGAN uses binary cross-entropy on logits, the numerically stable equivalent of the seed's
+DCGAN uses binary cross-entropy on logits, the numerically stable equivalent of the tutorial's
 sigmoid followed by BCE. WGAN-GP's penalty follows Gulrajani et al. (2017): uniform [0, 1]
-interpolation weights and the gradient norm per sample over all pixels and channels (the seed
+interpolation weights and the gradient norm per sample over all pixels and channels (the tutorial
 draws the weights from a normal distribution and takes the norm over channels only).
 """
 
@@ -54,7 +54,7 @@ class DCGANObjective(Objective):
         return F.binary_cross_entropy_with_logits(scores_fake, torch.ones_like(scores_fake))
 
     def accuracies(self, scores_real, scores_fake):
-        # A logit >= 0 is a probability >= 0.5: the seed's thresholds on the sigmoid output.
+        # A logit >= 0 is a probability >= 0.5: the tutorial's thresholds on the sigmoid output.
         accuracy_g = (scores_fake >= 0).float().mean()
         accuracy_d = ((scores_fake <= 0).float().mean() + (scores_real > 0).float().mean()) / 2
         return accuracy_g, accuracy_d
@@ -74,7 +74,7 @@ class WGANObjective(Objective):
 
     def accuracies(self, scores_real, scores_fake):
         # A fake "fools" the critic when it scores at least the mean real score of this minibatch
-        # (the seed compares with the previous minibatch's mean, kept alive as a graph tensor).
+        # (the tutorial compares with the previous minibatch's mean, kept alive as a graph tensor).
         accuracy_g = (scores_fake >= scores_real.mean()).float().mean()
         accuracy_d = (scores_real > scores_fake).float().mean()
         return accuracy_g, accuracy_d

@@ -1,9 +1,9 @@
 """The generator and the discriminator (critic).
 
-With no arguments both are exactly the seed's 80x80 networks: a DCGAN-style stack that starts
+With no arguments both are exactly the tutorial's 80x80 networks: a DCGAN-style stack that starts
 from a ``base``x``base`` map (5 for 80 px) and doubles it ``n`` times. Other sizes follow the
 same pattern with ``size = base * 2**n``, base 4 or 5 and 3 to 5 doublings, so 32, 40, 64, 80,
-128 and 160 are supported. Convolutions carry no bias, as in the seed (a following norm layer
+128 and 160 are supported. Convolutions carry no bias, as in the tutorial (a following norm layer
 makes it redundant).
 """
 
@@ -25,7 +25,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "instance":
-        # affine=True as in the seed's WGAN-GP critic; BatchNorm would couple the samples that the
+        # affine=True as in the tutorial's WGAN-GP critic; BatchNorm would couple the samples that the
         # gradient penalty treats independently.
         return InstanceNorm2d(channels, affine=True)
     return nn.Identity()
@@ -61,7 +61,7 @@ class Generator(nn.Module):
     """Maps latent vectors (N x latent_dim) to images (N x 3 x S x S) in [-1, 1].
 
     Example:
-        >>> g = Generator()                      # the seed's 80x80 generator
+        >>> g = Generator()                      # the tutorial's 80x80 generator
         >>> sum(p.numel() for p in g.parameters())
         4395904
         >>> g(torch.randn(2, 128)).shape
@@ -100,7 +100,7 @@ class Discriminator(nn.Module):
     and an unbounded critic value for WGAN and WGAN-GP.
 
     Example:
-        >>> d = Discriminator()                  # the seed's 80x80 discriminator
+        >>> d = Discriminator()                  # the tutorial's 80x80 discriminator
         >>> sum(p.numel() for p in d.parameters())
         2770176
     """

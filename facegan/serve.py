@@ -1,6 +1,6 @@
 """The face editor: one page of sliders that redraws a face live, served over plain HTTP.
 
-Besides one slider per latent dimension (the seed's editor), the page offers sliders with a
+Besides one slider per latent dimension (the tutorial's editor), the page offers sliders with a
 meaning: the generator's principal directions, found as GANSpace does (Härkönen et al. 2020).
 Many random latents go through the generator's first two blocks; PCA of those early features
 gives the main axes along which the generator's coarse layout varies, and a least-squares fit of

@@ -3,7 +3,7 @@
 ``facegan train`` builds a :class:`~facegan.config.Config`, loads the data once and calls
 :func:`train`. One minibatch is one step of D or of G; which one is decided by the schedule:
 
-- ``adaptive`` (the seed's balance): D and G are scored on the minibatch; D is trained when
+- ``adaptive`` (the tutorial's balance): D and G are scored on the minibatch; D is trained when
   ``accuracy_g / 2 >= accuracy_d`` and then for ``n_critic - 1`` more minibatches, else G is.
 - ``fixed``: ``n_critic`` D steps, then one G step.
 
@@ -251,7 +251,7 @@ class GAN:
             finally:
                 self.discriminator.requires_grad_(True)
             schedule.done("g")
-        else:  # adaptive: score first, then decide (the seed's rule)
+        else:  # adaptive: score first, then decide (the tutorial's rule)
             fake = self._generate(n, real.device)
             scores_real, scores_fake = self._score(real), self._score(fake)
             accuracies = torch.stack(self._record_accuracies(scores_real, scores_fake, totals))

@@ -18,23 +18,23 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 def test_the_tutorials_three_objectives_as_one_study(cli, tracking_uri, tmp_path):
     env = {"FACEGAN_CACHE_DIR": str(tmp_path / "cache")}
     runs = {}
-    for config in ("seed_dcgan", "seed_wgan", "seed_wgan_gp"):
+    for config in ("tutorial_dcgan", "tutorial_wgan", "tutorial_wgan_gp"):
         proc = cli("train", "--config", EXPERIMENTS / f"{config}.toml", *TINY_TRAIN, "--epochs", 3,
                    "--checkpoint-every", 1, "--experiment", "e2e-study", "--run-name", config,
                    "--tracking-uri", tracking_uri, env=env)
         runs[config] = run_id_of(proc)
     client = MlflowClient(tracking_uri)
     # One run was already scored in this space: the study takes its scores as they are.
-    cli("evaluate", "--run", runs["seed_wgan"], "--features", "random", "--num-samples", 40, "--register", "none",
+    cli("evaluate", "--run", runs["tutorial_wgan"], "--features", "random", "--num-samples", 40, "--register", "none",
         "--tracking-uri", tracking_uri, "--quiet", env=env)
     proc = cli("evaluate", "--experiment", "e2e-study", "--features", "random", "--register", "e2e-study-best",
                "--json", "study.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
     study = json.loads((tmp_path / "study.json").read_text())
     assert {r["run_id"] for r in study["runs"]} == set(runs.values())
     assert study["num_samples"] == 40  # the count the scored run had: nothing is scored twice
-    assert len(client.get_metric_history(runs["seed_wgan"], "random/fid")) == 3
+    assert len(client.get_metric_history(runs["tutorial_wgan"], "random/fid")) == 3
     losses = {r["name"]: r["loss"] for r in study["runs"]}
-    assert losses == {"seed_dcgan": "dcgan", "seed_wgan": "wgan", "seed_wgan_gp": "wgan-gp"}
+    assert losses == {"tutorial_dcgan": "dcgan", "tutorial_wgan": "wgan", "tutorial_wgan_gp": "wgan-gp"}
     for run in study["runs"]:  # every run is scored and tagged as `facegan evaluate --run` would
         tags = client.get_run(run["run_id"]).data.tags
         assert tags["facegan.best_epoch"] == str(run["best_epoch"])
@@ -63,9 +63,9 @@ def test_the_tutorials_three_objectives_as_one_study(cli, tracking_uri, tmp_path
     # Runs trained on other data are refused, by name.
     other = run_id_of(cli("train", *TINY_TRAIN, "--num-images", 20, "--epochs", 1, "--experiment", "e2e-study-other",
                           "--tracking-uri", tracking_uri, env=env))
-    proc = cli("evaluate", "--run", runs["seed_dcgan"], "--run", other, "--features", "random",
+    proc = cli("evaluate", "--run", runs["tutorial_dcgan"], "--run", other, "--features", "random",
                "--tracking-uri", tracking_uri, "--quiet", check=False, env=env)
     assert_clean_error(proc, "trained on different data")
-    assert runs["seed_dcgan"] in proc.stderr and other in proc.stderr
+    assert runs["tutorial_dcgan"] in proc.stderr and other in proc.stderr
     assert_clean_error(cli("evaluate", "--experiment", "no-such-study", "--features", "random",
                            "--tracking-uri", tracking_uri, check=False), "no experiment named 'no-such-study'")

@@ -20,7 +20,7 @@ def test_defaults_resolve_to_the_seeds_settings():
     assert (wgan.train.optimizer, wgan.train.lr_g, wgan.train.clip_value) == ("rmsprop", 5e-5, 0.1)
 
 
-@pytest.mark.parametrize("name", ["quick", "seed_dcgan", "seed_wgan", "seed_wgan_gp"])
+@pytest.mark.parametrize("name", ["quick", "tutorial_dcgan", "tutorial_wgan", "tutorial_wgan_gp"])
 def test_experiment_files_load(name):
     cfg = load_config(EXPERIMENTS / f"{name}.toml")
     if name.startswith("seed"):

@@ -24,7 +24,7 @@ def test_gradient_penalty_on_a_linear_critic_matches_the_hand_computed_value():
     real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     expected = 10 * (w.norm() - 1) ** 2  # the norm is over all pixels and channels, per sample
     assert gradient_penalty(critic, real, fake, 10.0).item() == pytest.approx(expected.item(), rel=1e-5)
-    # The seed's bug (norm over channels only) would give a different value.
+    # The tutorial's bug (norm over channels only) would give a different value.
     seed_style = 10 * ((w.norm(dim=0) - 1) ** 2).mean()
     assert abs(seed_style.item() - expected.item()) > 1e-2
 
@@ -50,7 +50,7 @@ def test_gradient_penalty_interpolates_uniformly_between_real_and_fake():
     real, fake = torch.ones(4000, 1, 1, 1), torch.zeros(4000, 1, 1, 1)
     gradient_penalty(Recorder(), real, fake)
     alpha = seen[0].flatten()
-    assert alpha.min() >= 0 and alpha.max() <= 1  # the seed's normal weights leave [0, 1]
+    assert alpha.min() >= 0 and alpha.max() <= 1  # the tutorial's normal weights leave [0, 1]
     assert alpha.mean().item() == pytest.approx(0.5, abs=0.03)
 
 

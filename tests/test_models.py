@@ -12,7 +12,7 @@ def test_defaults_are_the_seeds_80px_networks():
     assert count_parameters(d) == 2_770_176
     assert g(torch.randn(3, 128)).shape == (3, 3, 80, 80)
     assert d(torch.randn(3, 3, 80, 80)).shape == (3, 1)
-    # The seed's layer stack: no conv bias, 5 -> 10 -> 20 -> 40 -> 80.
+    # The tutorial's layer stack: no conv bias, 5 -> 10 -> 20 -> 40 -> 80.
     convs = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
         (128, 512, 5), (512, 256, 4), (256, 128, 4), (128, 64, 4), (64, 3, 4)]

@@ -129,7 +129,7 @@ def test_adaptive_schedule_owes_n_critic_d_steps_after_a_switch():
     while s.forced() == "d":
         s.done("d")
         owed += 1
-    assert owed == 4 and s.forced() is None  # 5 D minibatches in all, as in the seed
+    assert owed == 4 and s.forced() is None  # 5 D minibatches in all, as in the tutorial
 
 
 def test_interrupt_saves_the_last_complete_epoch(faces, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Part 3 of the collapse benchmark (issue 4): the same study on 80 x 80 faces, longer runs, on a GPU.
 
 The study (:mod:`experiments.collapse.study`) that ``experiments/collapse/benchmark.py`` runs at
-32 x 32 on the CPU, here at the seed's 80 x 80 with facegan's default networks (DCGAN loss,
+32 x 32 on the CPU, here at the tutorial's 80 x 80 with facegan's default networks (DCGAN loss,
 widths 64, latent 128):
 
 - face ladders (k of the 96 modes, n repeated images, a stable run's latent pulled towards a few
