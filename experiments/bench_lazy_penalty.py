@@ -22,13 +22,13 @@ import json
 import statistics
 import time
 
-import torch
 
 from evaluation.engine import Scorer
 from experiments import provenance
 from evaluation.sources import GeneratorCheckpoint
 from facegan.config import load_config
-from facegan.evaluate import make_extractor, real_images
+from facegan.config import ScoringOptions
+from facegan.scoring import make_extractor, real_images
 from facegan.run_tracker import MemoryTracker
 from facegan.synthetic import synthetic_faces
 from facegan.training import Trainer
@@ -47,9 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     provenance.announce(__spec__.name)
 
-    device = torch.device("cpu")
     faces = synthetic_faces(args.num_images, args.image_size, seed=0)
-    scorer = Scorer(make_extractor(args.features, device=device), real_images(faces), args.num_samples)
+    scorer = Scorer(make_extractor(ScoringOptions(args.features, device="cpu")), real_images(faces), args.num_samples)
     rows, resampled = [], []
     print(f"{'seed':>4} {'gp_every':>8} {'epochs':>6} {'img/s':>7} {'fid':>8} {'precision':>9} {'recall':>7}", flush=True)
     for seed in (int(s) for s in args.seeds.split(",")):

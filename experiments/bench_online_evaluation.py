@@ -109,7 +109,7 @@ def quickstart(repeats: int, features: list[str], device: str) -> dict:
 def tutorial_cadence(features: str, num_samples: int, device: str, inception_weights: str | None) -> dict:
     """Seconds of one tutorial epoch and of scoring one 80 x 80 checkpoint, and their ratio."""
     from evaluation.engine import Scorer
-    from facegan.evaluate import real_images
+    from facegan.scoring import real_images
     from evaluation.features import get_extractor
     from evaluation.sources import GeneratorCheckpoint
     from facegan.common import select_device
@@ -153,7 +153,7 @@ def tutorial_case(features: str, num_samples: int, device: str, inception_weight
     import numpy as np
 
     from evaluation.engine import Scorer
-    from facegan.evaluate import real_images
+    from facegan.scoring import real_images
     from evaluation.features import get_extractor
     from evaluation.online import StopRule, TrainingJudge
     from evaluation.sources import ImagesCheckpoint

@@ -26,6 +26,19 @@ LOSSES = ("dcgan", "wgan", "wgan-gp")
 SCHEDULES = ("adaptive", "fixed")
 OPTIMIZERS = ("adam", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
+NO_FEATURES = "none"  # [evaluate] features: train without scoring
+DEFAULT_REGISTERED_NAME = "facegan-generator"
+BEST_ALIAS = "best"  # the registered model's alias that follows the chosen checkpoint
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_REGISTERED_NAME}@{BEST_ALIAS}"  # what generate and serve load by default
+DEFAULT_NUM_SAMPLES = 2000  # samples per checkpoint when scoring
+MIN_NUM_SAMPLES = 10
+# What may change when a run is resumed; the rest must stay as the run was started. How its
+# checkpoints are judged may change: a user who disagrees with a stop continues without it.
+RESUMABLE_KEYS = frozenset({
+    "train.epochs", "train.device", "tracking.tracking_uri", "tracking.send_timeout", "evaluate.features",
+    "evaluate.num_samples", "evaluate.inception_weights", "evaluate.dinov2_weights", "evaluate.stop_on_collapse",
+    "evaluate.stop_patience", "evaluate.register",
+})
 
 # The tutorial's optimiser settings per objective: (optimizer, lr, beta1, beta2).
 TUTORIAL_OPTIMIZERS = {
@@ -88,16 +101,58 @@ class EvaluateConfig:
     """Scoring checkpoints while training runs (``facegan train --evaluate``); off by default."""
 
     features: str = "none"  # none, or a feature space as `facegan evaluate --features` takes it
-    num_samples: int = 2000  # samples per checkpoint, drawn from evaluate's fixed latents
+    num_samples: int = DEFAULT_NUM_SAMPLES  # samples per checkpoint, drawn from the engine's fixed latents
     inception_weights: str | None = None  # local Inception weights for features = "inception" offline
     dinov2_weights: str | None = None  # local DINOv2 weights for features = "dinov2" offline
     stop_on_collapse: bool = False  # stop once the collapse rule confirms an onset
     stop_patience: int | None = None  # stop after this many checkpoints in a row without a new best
-    register: str | None = "facegan-generator"  # registered name for the final choice; none: skip
+    register: str | None = DEFAULT_REGISTERED_NAME  # registered name for the final choice; none: skip
 
     @property
     def enabled(self) -> bool:
-        return self.features != "none"
+        return self.features != NO_FEATURES
+
+    def scoring(self, device: str) -> "ScoringOptions":
+        """How ``train --evaluate`` scores: the options ``facegan evaluate`` takes, from this section."""
+        return ScoringOptions(features=self.features, inception_weights=self.inception_weights,
+                              dinov2_weights=self.dinov2_weights, num_samples=self.num_samples, device=device,
+                              register=self.register)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How checkpoints are scored, and where the choice is registered: one typed value from the
+    CLI (``facegan evaluate``'s options, or ``train``'s ``[evaluate]`` section through
+    :meth:`EvaluateConfig.scoring`) to :mod:`facegan.scoring`. Validated when made.
+
+    Attributes:
+        features: the feature space, as ``--features`` takes it (``inception``, ``random``,
+            ``export:PATH``, ...); checked when the network is built, before any work.
+        inception_weights, dinov2_weights: local weights files for offline machines.
+        num_samples: samples per checkpoint; None: the count the source was scored with before
+            in this space, else :data:`DEFAULT_NUM_SAMPLES`.
+        device: where generators and the feature network run (``auto``, ``cpu``, ``cuda``).
+        register: registered model name for the choice; None (``none`` on the command line): do not register.
+    """
+
+    features: str = "inception"
+    inception_weights: str | None = None
+    dinov2_weights: str | None = None
+    num_samples: int | None = None
+    device: str = "auto"
+    register: str | None = DEFAULT_REGISTERED_NAME
+
+    def __post_init__(self):
+        if not self.features or self.features == NO_FEATURES:
+            raise FaceganError("give a feature space to score in (e.g. --features random)")
+        if self.num_samples is not None and self.num_samples < MIN_NUM_SAMPLES:
+            raise FaceganError(f"--num-samples must be at least {MIN_NUM_SAMPLES}, got {self.num_samples}")
+        object.__setattr__(self, "register", optional_name(self.register))
+
+
+def optional_name(value: str | None) -> str | None:
+    """A name that may be switched off: ``none`` (any case) and empty become None."""
+    return None if value is None or value.strip().lower() in ("", NO_FEATURES) else value
 
 
 @dataclass
@@ -220,9 +275,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
     return resolve(cfg)
 
 
+def check_resumable(overrides: dict[str, object]) -> None:
+    """Refuse overrides a resumed run cannot take (:data:`RESUMABLE_KEYS` lists what it can)."""
+    fixed = sorted(set(overrides) - RESUMABLE_KEYS)
+    if fixed:
+        raise FaceganError(f"cannot change {', '.join(fixed)} when resuming; only --epochs and --device may change")
+
+
 def with_overrides(cfg: Config, overrides: dict[str, object]) -> Config:
     """``cfg`` (e.g. a resumed run's) with ``overrides`` applied through the same checks as
-    ``--set`` (known key, right type), then validated again; changes ``cfg`` in place."""
+    ``--set`` (known key, right type), then validated again; changes ``cfg`` in place. A resumed
+    run first passes its overrides through :func:`check_resumable`."""
     for key, value in overrides.items():
         _assign(cfg, key, value)
     return resolve(cfg)
@@ -272,16 +335,15 @@ def resolve(cfg: Config) -> Config:
     _positive("tracking.send_timeout", k.send_timeout, allow_zero=True)
     if not k.experiment:
         raise FaceganError("tracking.experiment may not be empty")
-    # The feature space itself is checked when it is built, before any training (facegan.evaluate).
+    # The feature space itself is checked when it is built, before any training (facegan.scoring).
     if not e.features:
         raise FaceganError("evaluate.features may not be empty; use none to train without scoring")
-    if e.num_samples < 10:
-        raise FaceganError(f"evaluate.num_samples must be at least 10, got {e.num_samples}")
+    if e.num_samples < MIN_NUM_SAMPLES:
+        raise FaceganError(f"evaluate.num_samples must be at least {MIN_NUM_SAMPLES}, got {e.num_samples}")
     if e.stop_patience is not None:
         _positive("evaluate.stop_patience", e.stop_patience)
     if (e.stop_on_collapse or e.stop_patience is not None) and not e.enabled:
         raise FaceganError("stopping early needs the checkpoints scored: give --evaluate FEATURES "
                            "(e.g. --evaluate random) with --stop-on-collapse or --stop-patience")
-    if e.register is not None and e.register.lower() == "none":
-        e.register = None
+    e.register = optional_name(e.register)
     return cfg

@@ -18,12 +18,25 @@ from facegan.common import torch_load_failure
 from facegan.dataset import DEFAULT_IMAGE_SIZE, Dataset, check_int, tensor_digest
 from facegan.errors import FaceganError
 from facegan.folders import DEFAULT_LIMIT, prepare_folder
-from facegan.synthetic import DEFAULT_SYNTHETIC_IMAGES, synthetic_faces
+from facegan.synthetic import DEFAULT_SYNTHETIC_IMAGES, synthetic_faces, synthetic_holdout
 
 FORMAT = "facegan-dataset"
 FORMAT_VERSION = 1
 
 
+def prepare_dataset(source: str, *, image_size: int, per_identity: int, limit: int, crop: float, seed: int,
+                    holdout: int = 0, progress: bool = True) -> Dataset:
+    """What ``facegan prepare SOURCE`` makes: an image folder with the tutorial's policy
+    (:func:`facegan.folders.prepare_folder`), or ``synthetic``: ``limit`` built-in faces drawn with
+    ``seed``, with ``holdout`` fresh renders of the same kind as its held-out images."""
+    if source != "synthetic":
+        return prepare_folder(source, image_size=image_size, per_identity=per_identity, limit=limit, crop=crop,
+                              seed=seed, progress=progress, holdout=holdout)
+    dataset = synthetic_faces(limit, image_size, seed)
+    if not holdout:
+        return dataset
+    return Dataset(dataset.images, {**dataset.manifest, "holdout": {"num_images": holdout}}, dataset.labels,
+                   synthetic_holdout(holdout, image_size, seed))
 
 
 def save_dataset(dataset: Dataset, path: str | Path) -> None:

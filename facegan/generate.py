@@ -19,10 +19,10 @@ from PIL import Image
 
 from facegan.checkpoint import GENERATOR_FILE, load_generator
 from facegan.common import file_sha256, to_uint8
+from facegan.config import DEFAULT_MODEL_URI
 from facegan.errors import FaceganError
 from facegan.models import Generator
 
-DEFAULT_MODEL = "models:/facegan-generator@best"
 GRID_FILE = "grid.png"
 GRID_MAX_IMAGES = 256  # a grid of every image of a large -n would be hundreds of megapixels
 _OUR_FILE = re.compile(r"\d{6}\.png|grid\.png")
@@ -59,7 +59,7 @@ def _is_tracking_uri(spec: str) -> bool:
     return spec.startswith(("models:/", "runs:/")) or "://" in spec
 
 
-def load_model(spec: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> LoadedModel:
+def load_model(spec: str = DEFAULT_MODEL_URI, tracking_uri: str | None = None) -> LoadedModel:
     """Load the generator named by ``spec``: a checkpoint file, a LoggedModel folder, or an MLflow
     URI (``models:/NAME@ALIAS``, ``models:/m-<id>``, ``runs:/<run_id>[/<epoch>]``).
 
@@ -87,7 +87,7 @@ def load_model(spec: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> Lo
         try:
             path = tracking.resolve_model(spec, tracking_uri, tmp)
         except FaceganError as exc:
-            if spec == DEFAULT_MODEL:
+            if spec == DEFAULT_MODEL_URI:
                 raise FaceganError(f"{exc}; {hint}") from None
             raise
         generator, payload = load_generator(path)

@@ -37,8 +37,8 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     Why: the gradient penalty differentiates the critic twice. PyTorch's instance norm runs as a
     batch norm over an N*C-channel view with repeated affine weights, and its double backward is
-    composed of many small ops; group norm has native kernels for both. On a 2-core CPU a
-    WGAN-GP training step is about 4% faster (``experiments/bench_train.py``).
+    composed of many small ops; group norm has native kernels for both, so a WGAN-GP step is
+    faster (measured by ``experiments/bench_train.py``; experiments/RESULTS.md).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ def tracking_uri(tmp_path_factory):
         tracking.connect(uri)
     finally:
         os.chdir(here)
+        _forget_store_variables()
     return uri
 
 
@@ -62,13 +63,33 @@ def _scratch_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+# mlflow.set_tracking_uri / set_registry_uri (which facegan.tracking.connect calls in-process) also
+# set these in os.environ "so that subprocesses inherit them": a store one test connected to would
+# leak into the processes later tests start.
+_MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _forget_store_variables() -> None:
+    for name in _MLFLOW_URI_VARIABLES:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_store():
+    """Each test starts, and leaves, without a store in the environment (the session's tests set none)."""
+    _forget_store_variables()
+    yield
+    _forget_store_variables()
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run the installed `facegan` command in a scratch folder; returns CompletedProcess."""
 
     def run(*args, check=True, timeout=300, env=None):
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("MLFLOW_TRACKING_URI", None)
+        for name in _MLFLOW_URI_VARIABLES:
+            full_env.pop(name, None)
         proc = subprocess.run(
             [FACEGAN, *map(str, args)],
             cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=full_env,

@@ -17,11 +17,12 @@ from test_collapse_benchmark import check_replay
 
 @pytest.mark.slow
 def test_store_free_scoring_matches_facegan_evaluate(tmp_path, monkeypatch, tracking_uri):
-    """The GPU part scores checkpoints without MLflow: it must find what `evaluate_run` finds."""
+    """The GPU part scores checkpoints without MLflow: it must find what `score_run` finds."""
     from evaluation.engine import Scorer
-    from facegan.evaluate import real_images
+    from facegan.scoring import real_images
     from evaluation.features import get_extractor
-    from facegan.evaluate import evaluate_run
+    from facegan.config import ScoringOptions
+    from facegan.scoring import score_run
     from facegan.synthetic import synthetic_faces
     from facegan.tracking import MlflowRunSource, MlflowRunTracker
 
@@ -31,8 +32,8 @@ def test_store_free_scoring_matches_facegan_evaluate(tmp_path, monkeypatch, trac
     tracker = MlflowRunTracker.start(tracking_uri, "gpu-equivalence")
     study.train_into(tracker, spec, 0, scale, {**gpu.GPU_BASE_OVERRIDES, "train.device": "cpu"})
     tracker.finish("FINISHED")
-    stored = evaluate_run(tracker.run_id, features="random", num_samples=scale.num_samples,
-                          tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
+    stored = score_run(tracker.run_id, ScoringOptions("random", num_samples=scale.num_samples, device="cpu", register=None),
+                       tracking_uri=tracking_uri, progress=False)
 
     with MlflowRunSource.open(tracking_uri, tracker.run_id) as source:
         generators = {c.epoch: c.load()[0] for c in source.checkpoints()}

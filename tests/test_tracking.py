@@ -60,7 +60,7 @@ def test_metrics_images_and_checkpoints_reach_the_store(tracker, tracking_uri, t
     assert [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss_d")] == [(1, 1.5)]
     assert tracker.logged_image_steps("samples") == {0}
     assert tracker.checkpoint_epochs() == {7}
-    model = client.get_logged_model(tracker.model_id_at(7))
+    model = client.get_logged_model(tracker.model_ids.get(7))
     assert model.name == "generator-epoch-0007"
     # Every checkpoint is an MLflow pyfunc model (facegan.pyfunc), files written by hand.
     artifacts = {a.path for a in client.list_logged_model_artifacts(model.model_id)}

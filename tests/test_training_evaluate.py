@@ -15,7 +15,7 @@ from evaluation.metrics import SCORE_KEYS
 from evaluation.online import TrainingJudge
 from evaluation.sources import GeneratorCheckpoint, sample_folders
 from facegan.config import load_config
-from facegan.evaluate import training_judge, training_scorer
+from facegan.scoring import training_judge, training_scorer
 from facegan.synthetic import synthetic_faces
 from facegan.training import fetch_resume_payload, train
 
@@ -79,7 +79,7 @@ def test_ctrl_c_while_a_checkpoint_is_scored_leaves_the_run_resumable(tracking_u
                 os.kill(os.getpid(), signal.SIGINT)
             return super().checkpoint_written(epoch, generator, **kwargs)
 
-    source = MlflowRunSource(tracker.client, tracker.run_id, writer=tracker)  # as `facegan train` wires it
+    source = MlflowRunSource(tracker.client, tracker.run_id, tracker=tracker)  # as `facegan train` wires it
     with pytest.raises(KeyboardInterrupt):
         train(cfg, faces, tracker, progress=False, judge=CtrlCWhileScoringEpoch2(scorer, source))
     client = tracker.client
@@ -90,7 +90,7 @@ def test_ctrl_c_while_a_checkpoint_is_scored_leaves_the_run_resumable(tracking_u
     resumed = MlflowRunTracker.reopen(tracking_uri, tracker.run_id)
     payload = fetch_resume_payload(resumed)
     assert payload["epoch"] == 2  # the last completed epoch, its checkpoint written
-    with MlflowRunSource(resumed.client, resumed.run_id, writer=resumed) as source:
+    with MlflowRunSource(resumed.client, resumed.run_id, tracker=resumed) as source:
         judge = training_judge(cfg, scorer, source, progress=False)  # scores checkpoint 2 from the store
         assert [(c.epoch, c.reused) for c in judge.evaluation.checkpoints] == [(1, True), (2, False)]
         train(cfg, faces, resumed, resume_payload=payload, progress=False, judge=judge)

@@ -2,7 +2,7 @@
 
 The study (:mod:`experiments.collapse.study`: ladders, training histories, their targets) on both
 datasets, the synthetic faces and stacked digits, at 32 x 32. The runs are trained into a real
-MLflow store and scored with ``evaluate_run`` (what ``facegan evaluate --run`` does) in each
+MLflow store and scored with ``score_run`` (what ``facegan evaluate --run`` does) in each
 feature space: ``random`` and ``encoder``, a SimCLR encoder trained on the real images
 (``evaluation/encoder.py``, ``facegan encoder``). The same at 80 x 80 on a GPU:
 ``experiments/collapse/benchmark_gpu.py``, which runs on a bare GPU machine (no MLflow there).
@@ -42,7 +42,8 @@ import torch
 from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
 from evaluation.engine import generator_batches
 from evaluation.features import get_extractor
-from facegan.evaluate import evaluate_run
+from facegan.config import ScoringOptions
+from facegan.scoring import score_run
 from facegan.synthetic import synthetic_faces
 
 from experiments import RESULTS_DIR, provenance
@@ -138,7 +139,7 @@ def feature_specs(scale: Scale, name: str, real: torch.Tensor, folder: Path) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# The runs: in an MLflow store, scored with evaluate_run
+# The runs: in an MLflow store, scored with score_run
 # --------------------------------------------------------------------------------------------
 
 
@@ -168,7 +169,7 @@ def checkpoint_truth(run_id: str, tracking_uri: str, classifier, num_samples: in
 
 class StoreHistories:
     """The study's runs as a user's: trained into the MLflow store at ``tracking_uri`` and scored with
-    ``evaluate_run`` (``facegan evaluate --run``) in each space (``{label: --features spec}``)."""
+    ``score_run`` (``facegan evaluate --run``) in each space (``{label: --features spec}``)."""
 
     def __init__(self, scale: Scale, tracking_uri: str, classifier, spaces: dict[str, str]):
         self.scale, self.tracking_uri, self.classifier, self.spaces = scale, tracking_uri, classifier, spaces
@@ -181,8 +182,8 @@ class StoreHistories:
                                 gt_best_epoch if keep_best else None)
 
     def evaluate(self, run_id: str, space: str):
-        return evaluate_run(run_id, features=self.spaces[space], num_samples=self.scale.num_samples,
-                            tracking_uri=self.tracking_uri, register=None, device="cpu", progress=False)
+        options = ScoringOptions(self.spaces[space], num_samples=self.scale.num_samples, device="cpu", register=None)
+        return score_run(run_id, options, tracking_uri=self.tracking_uri, progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class StoreHistories:
 def train_online(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str, features: str, label: str):
     """Train one run with every checkpoint scored as it is written, stopping at a confirmed collapse
     (``facegan train --evaluate FEATURES --stop-on-collapse``); returns (run id, trainer)."""
-    from facegan.evaluate import training_judge, training_scorer
+    from facegan.scoring import training_judge, training_scorer
     from facegan.tracking import MlflowRunSource, MlflowRunTracker
 
     tracker = MlflowRunTracker.start(tracking_uri, EXPERIMENT, f"{scale.name}-{spec.name}-seed{seed}-online-{label}")
@@ -201,7 +202,7 @@ def train_online(spec: RunSpec, seed: int, scale: Scale, tracking_uri: str, feat
                 "evaluate.stop_on_collapse": True, "evaluate.register": None}
 
     def judge_for(cfg, data):
-        source = MlflowRunSource(tracker.client, tracker.run_id, writer=tracker)  # a new run: nothing to download
+        source = MlflowRunSource(tracker.client, tracker.run_id, tracker=tracker)  # a new run: nothing to download
         return training_judge(cfg, training_scorer(cfg, data, progress=False), source, progress=False)
 
     trainer = train_into(tracker, spec, seed, scale, {**BASE_OVERRIDES, **evaluate}, judge_for=judge_for)
@@ -227,8 +228,8 @@ def run_online(scale: Scale, tracking_uri: str, spaces: dict[str, str], faces: D
                 online = trainer.judge.evaluation
                 truth, _ = checkpoint_truth(run_id, tracking_uri, faces.classifier, scale.gt_samples)
                 started = time.perf_counter()
-                offline = evaluate_run(run_id, features=features, num_samples=scale.num_samples, force=True,
-                                       tracking_uri=tracking_uri, register=None, device="cpu", progress=False)
+                options = ScoringOptions(features, num_samples=scale.num_samples, device="cpu", register=None)
+                offline = score_run(run_id, options, force=True, tracking_uri=tracking_uri, progress=False)
                 seconds["offline_evaluate"] = round(time.perf_counter() - started, 1)
                 runs.append(summarise_online(name, seed, spec, scale, label, trainer, online, offline, truth, seconds))
                 r = runs[-1]

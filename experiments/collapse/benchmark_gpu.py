@@ -65,7 +65,7 @@ from evaluation.sources import GeneratorCheckpoint
 from facegan.checkpoint import load_generator
 from facegan.common import select_device
 from facegan.errors import FaceganError
-from facegan.evaluate import real_images
+from facegan.scoring import real_images
 from facegan.run_tracker import MemoryTracker, checkpoint_name
 from facegan.synthetic import synthetic_faces
 

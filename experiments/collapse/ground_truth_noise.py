@@ -44,7 +44,7 @@ from evaluation.engine import LATENT_SEED, Scorer, generator_batches
 from evaluation.features import get_extractor
 from evaluation.sources import ImagesCheckpoint
 from facegan.errors import FaceganError
-from facegan.evaluate import real_images, run_training_data
+from facegan.scoring import real_images, run_training_data
 
 from experiments import RESULTS_DIR, provenance
 from experiments.collapse import ground_truth as gt

@@ -29,7 +29,7 @@ stacked digits (1000 digit triples).
 
 :func:`run_study` runs both parts. What differs between the benchmarks is how a run is trained
 and its checkpoints scored, a :class:`Histories`: ``benchmark.py`` (32 x 32, CPU) trains into a
-real MLflow store and scores with ``evaluate_run``, what ``facegan evaluate --run`` does;
+real MLflow store and scores with ``score_run``, what ``facegan evaluate --run`` does;
 ``benchmark_gpu.py`` (80 x 80, a bare GPU machine without MLflow) keeps the checkpoints in memory
 and scores them with the same evaluation engine. Both write the same JSON and markdown
 (:func:`write_result`), which ``replay.py`` and ``ground_truth_noise.py`` read back.

@@ -1,31 +1,34 @@
-"""``facegan evaluate`` and ``facegan train --evaluate``: each source wired to the evaluation engine.
+"""Scoring checkpoints from where they lie: each source wired to the evaluation engine.
 
 The engine (:mod:`evaluation.engine`) scores checkpoints and decides; this module knows where
-the checkpoints and the real images come from:
+the checkpoints and the real images come from, and takes how to score as one
+:class:`facegan.config.ScoringOptions`:
 
-- :func:`evaluate_run`: a training run in MLflow (:class:`facegan.tracking.MlflowRunSource`),
+- :func:`score_run`: a training run in MLflow (:class:`facegan.tracking.MlflowRunSource`),
   compared with the run's own training data (checked by digest) or ``--real``; scores, tags, a
-  table, a plot and the registered choice go back to the run;
-- :func:`evaluate_folders`: sample folders ``DIR/<epoch>/*.png`` against ``--real``, no MLflow;
+  table, a plot and the registered choice go back to the run (``facegan evaluate --run``);
+- :func:`score_study`: several runs in one feature space against the same real images;
+- :func:`score_folders`: sample folders ``DIR/<epoch>/*.png`` against ``--real``, no MLflow;
 - :func:`training_judge`: the judge a training run hands each new checkpoint to
-  (:class:`evaluation.online.TrainingJudge`), logging to the run exactly as :func:`evaluate_run`.
+  (:class:`evaluation.online.TrainingJudge`), logging to the run exactly as :func:`score_run`
+  (``facegan train --evaluate``).
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-import torch
 
-from evaluation.engine import DEFAULT_NUM_SAMPLES, RealImages, Scorer, evaluate, record, space_label
+from evaluation.engine import RealImages, Scorer, evaluate, record, space_label
 from evaluation.features import FeatureExtractor, get_extractor
 from evaluation.online import StopRule, TrainingJudge
 from evaluation.ranking import Evaluation, preload_pyplot, pyplot
 from evaluation.study import Study, StudyRun, study_figure
 from evaluation.sources import sample_folders
 from facegan.common import select_device
-from facegan.config import Config
+from facegan.config import DEFAULT_NUM_SAMPLES, Config, ScoringOptions
 from facegan.data import load_data, load_dataset
 from facegan.dataset import Dataset, tensor_digest
 from facegan.errors import FaceganError
@@ -37,14 +40,13 @@ from facegan.synthetic import synthetic_holdout
 _ALL = 10**9
 
 
-def make_extractor(features: str, *, inception_weights: str | None = None, dinov2_weights: str | None = None,
-                   device: torch.device) -> FeatureExtractor:
-    """The feature space ``features`` names on ``device``; a clear error for a bad one."""
-    return get_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
-                         device=str(device))
+def make_extractor(options: ScoringOptions) -> FeatureExtractor:
+    """The feature space ``options.features`` names, on ``options.device``; a clear error for a bad one."""
+    return get_extractor(options.features, inception_weights=options.inception_weights,
+                         dinov2_weights=options.dinov2_weights, device=str(select_device(options.device)))
 
 
-# Held-out images rendered for the built-in faces: enough for a chance level within about 0.3%.
+# Held-out images rendered for the built-in faces: enough for a chance level of copying with a small binomial error.
 SYNTHETIC_HOLDOUT = 1000
 
 
@@ -92,42 +94,31 @@ def run_training_data(payload: dict, real: str | None, progress: bool) -> Datase
     return data
 
 
-def evaluate_run(
-    run: str,
-    *,
-    features: str = "inception",
-    inception_weights: str | None = None,
-    dinov2_weights: str | None = None,
-    num_samples: int | None = None,
-    real: str | None = None,
-    tracking_uri: str | None = None,
-    force: bool = False,
-    register: str | None = "facegan-generator",
-    device: str = "auto",
-    progress: bool = True,
-) -> Evaluation:
+def score_run(run: str, options: ScoringOptions, *, real: str | None = None, tracking_uri: str | None = None,
+              force: bool = False, progress: bool = True) -> Evaluation:
     """Score every checkpoint of a training run, log the results to MLflow, register the choice.
 
-    ``num_samples`` defaults to the count the run was already scored with in this feature space
-    (in training or by an earlier evaluation), so nothing is scored twice, else 2000.
+    ``options.num_samples`` None: the count the run was already scored with in this feature
+    space (in training or by an earlier evaluation), so nothing is scored twice, else 2000.
+    ``real``: other real images than the run's own training data.
     """
     from facegan.tracking import MlflowRunSource  # imports mlflow: only the run mode needs it
 
-    torch_device = select_device(device)
     with MlflowRunSource.open(tracking_uri, run) as source:
         checkpoints = source.checkpoints()
         if not checkpoints:
             raise FaceganError(f"run {source.run_id} has no generator checkpoints to evaluate "
                                "(they are logged every --checkpoint-every epochs and at the last epoch)")
-        extractor = make_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
-                                   device=torch_device)
-        if num_samples is None:
-            num_samples = source.scored_num_samples(space_label(extractor)) or DEFAULT_NUM_SAMPLES
+        extractor = make_extractor(options)
+        num_samples = (options.num_samples or source.scored_num_samples(space_label(extractor))
+                       or DEFAULT_NUM_SAMPLES)
         data = _run_data(checkpoints, real, progress)
-        scorer = Scorer(extractor, real_images(data), num_samples, device=torch_device, progress=progress)
-        evaluation = evaluate(checkpoints, scorer, source, force=force, progress=progress, what=f"checkpoint of {source.description}")
+        scorer = Scorer(extractor, real_images(data), num_samples, device=select_device(options.device),
+                        progress=progress)
+        evaluation = evaluate(checkpoints, scorer, source, force=force, progress=progress,
+                              what=f"checkpoint of {source.description}")
         evaluation.run_id = source.run_id
-        record(source, evaluation, register)
+        record(source, evaluation, options.register)
     return evaluation
 
 
@@ -144,25 +135,12 @@ def _run_data(checkpoints, real: str | None, progress: bool) -> Dataset:
     raise FaceganError("no checkpoint of the run could be read: " + "; ".join(errors))
 
 
-def evaluate_study(
-    runs: list[str],
-    experiment: str | None = None,
-    *,
-    features: str = "inception",
-    inception_weights: str | None = None,
-    dinov2_weights: str | None = None,
-    num_samples: int | None = None,
-    real: str | None = None,
-    tracking_uri: str | None = None,
-    force: bool = False,
-    register: str | None = "facegan-generator",
-    device: str = "auto",
-    progress: bool = True,
-) -> Study:
+def score_study(runs: list[str], experiment: str | None, options: ScoringOptions, *, real: str | None = None,
+                tracking_uri: str | None = None, force: bool = False, progress: bool = True) -> Study:
     """Score every checkpoint of several runs (``runs``, or every training run of ``experiment``) in
     one feature space against the same real images; pick each run's best and the study's best.
 
-    Each run is tagged and gets its table and plot as with :func:`evaluate_run` (nothing already
+    Each run is tagged and gets its table and plot as with :func:`score_run` (nothing already
     scored is scored again); the study is logged as a run of its own with a comparison plot and a
     table of runs, and the study's best is registered. Runs trained on different data (their
     dataset digests differ) are refused unless ``real`` names one set of real images for all.
@@ -170,30 +148,31 @@ def evaluate_study(
     from facegan.tracking import MlflowRunSource, connect, log_study, study_run_ids
 
     client = connect(tracking_uri)
-    sources = [MlflowRunSource(client, run_id) for run_id in study_run_ids(client, runs, experiment)]
-    if real is None:
-        digests: dict[str, list[str]] = {}
-        for source in sources:
-            digests.setdefault(source.tag("facegan.dataset_digest") or "unknown", []).append(source.run_id)
-        if len(digests) > 1:
-            groups = "; ".join(f"data {digest[:12]}: runs {', '.join(ids)}" for digest, ids in digests.items())
-            raise FaceganError("these runs were trained on different data, so their scores would not be comparable ("
-                               f"{groups}); evaluate them separately, or pass --real FILE|FOLDER to score all of "
-                               "them against the same real images")
-    torch_device = select_device(device)
-    extractor = make_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
-                                   device=torch_device)
-    space = space_label(extractor)
-    if num_samples is None:  # the count the runs were already scored with, when they agree
-        counts = {s.scored_num_samples(space) for s in sources} - {None}
-        num_samples = counts.pop() if len(counts) == 1 else DEFAULT_NUM_SAMPLES
-    checkpoints = {s.run_id: s.checkpoints() for s in sources}
-    empty = [s.run_id for s in sources if not checkpoints[s.run_id]]
-    if empty:
-        raise FaceganError(f"run {', '.join(empty)} has no generator checkpoints to evaluate")
-    try:
+    with ExitStack() as open_sources:
+        sources = [open_sources.enter_context(MlflowRunSource(client, run_id))
+                   for run_id in study_run_ids(client, runs, experiment)]
+        if real is None:
+            digests: dict[str, list[str]] = {}
+            for source in sources:
+                digests.setdefault(source.tag("facegan.dataset_digest") or "unknown", []).append(source.run_id)
+            if len(digests) > 1:
+                groups = "; ".join(f"data {digest[:12]}: runs {', '.join(ids)}" for digest, ids in digests.items())
+                raise FaceganError("these runs were trained on different data, so their scores would not be "
+                                   f"comparable ({groups}); evaluate them separately, or pass --real FILE|FOLDER to "
+                                   "score all of them against the same real images")
+        extractor = make_extractor(options)
+        space = space_label(extractor)
+        num_samples = options.num_samples
+        if num_samples is None:  # the count the runs were already scored with, when they agree
+            counts = {s.scored_num_samples(space) for s in sources} - {None}
+            num_samples = counts.pop() if len(counts) == 1 else DEFAULT_NUM_SAMPLES
+        checkpoints = {s.run_id: s.checkpoints() for s in sources}
+        empty = [s.run_id for s in sources if not checkpoints[s.run_id]]
+        if empty:
+            raise FaceganError(f"run {', '.join(empty)} has no generator checkpoints to evaluate")
         data = _run_data([c for s in sources for c in checkpoints[s.run_id]], real, progress)
-        scorer = Scorer(extractor, real_images(data), num_samples, device=torch_device, progress=progress)
+        scorer = Scorer(extractor, real_images(data), num_samples, device=select_device(options.device),
+                        progress=progress)
         study_runs = []
         for source in sources:
             if progress:
@@ -208,49 +187,33 @@ def evaluate_study(
         plt = pyplot()
         figure = study_figure(study)
         try:
-            log_study(client, study, figure, experiment_id=sources[0].run.info.experiment_id, register_name=register)
+            log_study(client, study, figure, experiment_id=sources[0].run.info.experiment_id,
+                      register_name=options.register)
         finally:
             plt.close(figure)
         for source in sources:
             source.set_tags({"facegan.study_run_id": study.study_run_id})
-    finally:
-        for source in sources:
-            source.__exit__(None, None, None)
     return study
 
 
-def evaluate_folders(
-    samples: str,
-    real: str,
-    *,
-    features: str = "inception",
-    inception_weights: str | None = None,
-    dinov2_weights: str | None = None,
-    num_samples: int | None = None,
-    device: str = "auto",
-    progress: bool = True,
-) -> Evaluation:
+def score_folders(samples: str, real: str, options: ScoringOptions, *, progress: bool = True) -> Evaluation:
     """Score folders of samples, one per epoch, against real images; no MLflow involved."""
     checkpoints = sample_folders(samples)
-    torch_device = select_device(device)
-    extractor = make_extractor(features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
-                                   device=torch_device)
+    extractor = make_extractor(options)
     data = load_real(real, checkpoints[0].image_size, progress)
     for checkpoint in checkpoints:  # read the samples at the real images' size
         checkpoint.image_size = data.images.shape[-1]
-    scorer = Scorer(extractor, real_images(data), num_samples or DEFAULT_NUM_SAMPLES, device=torch_device,
-                    progress=progress)
+    scorer = Scorer(extractor, real_images(data), options.num_samples or DEFAULT_NUM_SAMPLES,
+                    device=select_device(options.device), progress=progress)
     return evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
 
 
 def training_extractor(cfg: Config) -> FeatureExtractor | None:
     """The feature network of ``facegan train --evaluate`` (None when it is off), on the training
     device: built first, so a bad value, a missing file or missing weights fail in seconds."""
-    e = cfg.evaluate
-    if not e.enabled:
+    if not cfg.evaluate.enabled:
         return None
-    return make_extractor(e.features, inception_weights=e.inception_weights, dinov2_weights=e.dinov2_weights,
-                          device=select_device(cfg.train.device))
+    return make_extractor(cfg.evaluate.scoring(cfg.train.device))
 
 
 def training_scorer(cfg: Config, dataset: Dataset, *, extractor: FeatureExtractor | None = None,

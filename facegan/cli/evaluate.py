@@ -1,0 +1,109 @@
+"""``facegan evaluate``: parse which checkpoints and how to score them, then report the result."""
+
+from __future__ import annotations
+
+import click
+
+from facegan.cli.common import FEATURES_HELP, TRACKING_URI_HELP, friendly_errors
+from facegan.config import DEFAULT_REGISTERED_NAME
+from facegan.errors import FaceganError
+
+
+@click.command()
+@click.option("--run", "runs", metavar="RUN_ID|latest", multiple=True,
+              help="Evaluate every checkpoint of this training run; given several times, compare the runs as a study.")
+@click.option("--experiment", metavar="NAME",
+              help="Or: a study of every training run in this MLflow experiment (e.g. the tutorial's three objectives).")
+@click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the tutorial's layout).")
+@click.option("--real", type=click.Path(), help="Real images: a dataset file or an image folder. Required with --samples; "
+              "with --run it replaces the run's own training data.")
+@click.option("--features", default="inception", show_default=True, help="Feature space: " + FEATURES_HELP + ".")
+@click.option("--inception-weights", type=click.Path(dir_okay=False),
+              help="Local FID Inception weights for offline machines: weights-inception-2015-12-05-6726825d.pth "
+                   "(also published as pt_inception-2015-12-05-6726825d.pth) [env: FACEGAN_INCEPTION_WEIGHTS].")
+@click.option("--dinov2-weights", type=click.Path(dir_okay=False),
+              help="Local DINOv2 ViT-B/14 weights (timm's model.safetensors or Meta's dinov2_vitb14_pretrain.pth) for "
+                   "--features dinov2 offline [env: FACEGAN_DINOV2_WEIGHTS].")
+@click.option("--num-samples", type=int,
+              help="Samples per checkpoint (--run), drawn from the same fixed latents; at most this many per folder "
+                   "(--samples)  [default: --run: the count the run was already scored with in this feature space "
+                   "(e.g. by `train --evaluate`), else 2000; --samples: 2000]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.option("--register", default=DEFAULT_REGISTERED_NAME, show_default=True,
+              help="Registered model name for the chosen generator (alias `best`); `none` to skip.")
+@click.option("--tracking-uri", help=TRACKING_URI_HELP)
+@click.option("--force", is_flag=True, help="Score again checkpoints already scored in this feature space.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def evaluate(runs, experiment, samples, real, features, inception_weights, dinov2_weights, num_samples, json_path,
+             register, tracking_uri, force, device, quiet):
+    """Score every checkpoint by FID and diversity, find the collapse onset, pick the best before it.
+
+    \b
+    Metrics per checkpoint: FID, KID, precision/recall, density/coverage, diversity (Vendi score
+    relative to the real data) and duplicate/memorised shares. A checkpoint is collapsed when its
+    coverage or diversity falls clearly (beyond what the real data shows by chance and beyond the
+    run's own checkpoint-to-checkpoint wobble, and for two checkpoints running) below the best
+    the run held for two checkpoints, or its duplicate share jumps; a single drop at the last
+    checkpoint is reported as unconfirmed. The choice is the lowest FID before the onset,
+    skipping checkpoints with a drop (checkpoints tied with it within KID noise are named).
+
+    With --run, scores are logged back to the run (metrics `<features>/<name>` at step=epoch, linked
+    to each checkpoint's model), the run is tagged with the chosen and onset epochs, the ranking
+    and a plot are logged, and the choice is registered as models:/facegan-generator@best.
+    A second call scores only checkpoints not yet scored in the same feature space.
+
+    A checkpoint whose samples copy training images beyond what chance allows (compared with
+    held-out real images, or a split of the training set) is marked `memorised` and never chosen.
+
+    With --experiment NAME (or --run given several times) the runs form a study: every checkpoint
+    of every run is scored in one feature space against the same real images (runs trained on
+    different data are refused), each run gets its own choice, and the study's best (the lowest
+    FID among them) is registered; the study is logged as a run of its own with a comparison plot
+    and a table of runs.
+    """
+    from facegan.config import ScoringOptions
+
+    if sum(map(bool, (runs, experiment, samples))) != 1:
+        raise FaceganError("give one of --run RUN_ID|latest (several for a study), --experiment NAME, or --samples DIR "
+                           "(with --real)")
+    if samples and not real:
+        raise FaceganError("--samples needs --real FILE|FOLDER: the real images to compare with")
+    options = ScoringOptions(features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
+                             num_samples=num_samples, device=device, register=register)
+
+    from evaluation.ranking import write_json
+    from facegan import scoring
+
+    if samples:
+        result = scoring.score_folders(samples, real, options, progress=not quiet)
+        _print_evaluation(result)
+    elif experiment or len(runs) > 1:
+        result = scoring.score_study(list(runs), experiment, options, real=real, tracking_uri=tracking_uri,
+                                     force=force, progress=not quiet)
+        _print_study(result)
+    else:
+        result = scoring.score_run(runs[0], options, real=real, tracking_uri=tracking_uri, force=force,
+                                   progress=not quiet)
+        _print_evaluation(result)
+    if json_path:
+        write_json(result, json_path)
+        click.echo(f"wrote {json_path}")
+
+
+def _print_evaluation(result) -> None:
+    click.echo(result.render_table())
+    if result.registered:
+        click.echo(f"registered: {result.registered} (epoch {result.best_epoch} of run {result.run_id})")
+
+
+def _print_study(study) -> None:
+    for run in study.runs:
+        click.echo(f"== run {run.run_id} ({run.name}, {run.loss})")
+        click.echo(run.evaluation.render_table() + "\n")
+    click.echo(study.render_table())
+    click.echo(f"study logged as run {study.study_run_id}")
+    if study.registered:
+        click.echo(f"registered: {study.registered} (epoch {study.best.evaluation.best_epoch} of run "
+                   f"{study.best.run_id})")

@@ -1,0 +1,22 @@
+"""Everything facegan tells MLflow and reads back from it: the only package that imports mlflow.
+
+- :mod:`~facegan.tracking.store`: connecting (and the client settings), reading runs and models;
+- :mod:`~facegan.tracking.run_writer`: the training run's tracker, its records, ``facegan sync``;
+- :mod:`~facegan.tracking.run_source`: a run as a checkpoint source and decision log for the engine;
+- :mod:`~facegan.tracking.registry`: checkpoints as pyfunc models, the registered choice, studies.
+"""
+
+from facegan.sender import Spool
+from facegan.tracking.registry import log_study, register_generator, write_pyfunc_files
+from facegan.tracking.run_source import MlflowRunSource, RunCheckpoint
+from facegan.tracking.run_writer import MlflowRunTracker, sync_unsent, unsent_folder
+from facegan.tracking.store import (
+    MODEL_TYPE, CheckpointRef, connect, get_run, latest_run_id, resolve_model, resolve_tracking_uri,
+    run_checkpoints, study_run_ids,
+)
+
+__all__ = [
+    "MODEL_TYPE", "CheckpointRef", "MlflowRunSource", "MlflowRunTracker", "RunCheckpoint", "Spool", "connect",
+    "get_run", "latest_run_id", "log_study", "register_generator", "resolve_model", "resolve_tracking_uri",
+    "run_checkpoints", "study_run_ids", "sync_unsent", "unsent_folder", "write_pyfunc_files",
+]

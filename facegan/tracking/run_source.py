@@ -1,0 +1,202 @@
+"""A training run as a source of checkpoints for the evaluation engine, and where its scores go.
+
+:class:`MlflowRunSource` is what ``facegan evaluate --run`` reads from and writes to a run, and
+what training writes through when it scores its own checkpoints (``facegan train --evaluate``),
+so both log the same way: scores per checkpoint as run metrics ``<space>/<name>`` (e.g.
+``random/fid``) at ``step=epoch``, linked to the checkpoint's LoggedModel, so the run's charts
+show them against epoch beside the losses and the Models tab lists them per checkpoint; the
+sample count per feature space as the run tag ``facegan.num_samples.<space>``; the decision as
+run tags; at the end a table, a plot and a summary, and the registered choice.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from facegan.checkpoint import load_generator
+from facegan.errors import FaceganError
+from facegan.run_tracker import checkpoint_name
+from facegan.tracking.registry import register_generator
+from facegan.tracking.run_writer import CheckpointIds, MetricsJob, MlflowRunTracker, SendNow, TagsJob, sync_unsent, unsent_folder
+from facegan.tracking.store import CheckpointRef, connect, get_run, latest_run_id, resolve_model, run_checkpoints
+
+NUM_SAMPLES_TAG = "facegan.num_samples"  # + ".<space>": samples per checkpoint its scores came from
+LEGACY_NUM_SAMPLES = 2000  # what runs scored before that tag existed were scored with
+
+
+class RunCheckpoint:
+    """One generator checkpoint of a run, as the evaluation engine sees it (:class:`evaluation.engine.Checkpoint`).
+
+    The file is downloaded once, on first use, into the source's scratch folder.
+    """
+
+    def __init__(self, source: "MlflowRunSource", ref: CheckpointRef):
+        self.source, self.epoch, self.model_id, self.label = source, ref.epoch, ref.model_id, ref.name
+        self._path: Path | None = None
+
+    def __repr__(self):
+        return f"RunCheckpoint(epoch={self.epoch}, model_id={self.model_id!r})"
+
+    def load(self) -> tuple[object, dict]:
+        """The generator (CPU, eval mode) and the checkpoint's payload (config, dataset, network)."""
+        if self._path is None:
+            self._path = resolve_model(f"models:/{self.model_id}", self.source.tracking_uri,
+                                       self.source.scratch / self.model_id)
+        # Named by run and epoch: the downloaded copy's scratch path means nothing to a user.
+        return load_generator(self._path, name=f"checkpoint {self.label} (epoch {self.epoch}) of run {self.source.run_id}")
+
+    def samples(self, num_samples, device):
+        from evaluation.engine import generator_batches
+
+        generator, _ = self.load()
+        return generator_batches(generator, num_samples, device)
+
+
+class MlflowRunSource:
+    """A training run: its checkpoints for the engine, and the :class:`evaluation.engine.DecisionLog`
+    its scores and decision go to.
+
+    Use it as a context manager: downloaded checkpoints live in a scratch folder until it closes.
+
+    ``tracker``: the run's own tracker while it trains. Scores and tags then go through its
+    background queue behind the checkpoints they belong to (never waiting for the store);
+    otherwise they are sent at once. Either way every record goes out through :attr:`outbox`.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, *, tracker: MlflowRunTracker | None = None):
+        self.client, self.run_id = client, run_id
+        self.outbox = tracker if tracker is not None else SendNow()
+        self.model_ids: CheckpointIds = tracker.model_ids if tracker is not None else CheckpointIds()
+        self.run = get_run(client, run_id)
+        self.tracking_uri = mlflow.get_tracking_uri()
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        if tracker is None and unsent_folder(run_id).is_dir():  # what a training of it left unsent, first
+            sync_unsent(client, run_id)
+            self.run = get_run(client, run_id)
+        self._tags = dict(self.run.data.tags)
+
+    @classmethod
+    def open(cls, tracking_uri: str | None, run: str) -> "MlflowRunSource":
+        """``run`` is a run id or ``latest`` (the newest training run of the store)."""
+        client = connect(tracking_uri)
+        return cls(client, latest_run_id(client) if run == "latest" else run)
+
+    def __enter__(self) -> "MlflowRunSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the downloaded checkpoints."""
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    @property
+    def scratch(self) -> Path:
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="facegan-evaluate-")
+        return Path(self._scratch.name)
+
+    @property
+    def description(self) -> str:
+        return f"run {self.run_id}"
+
+    def checkpoints(self) -> list[RunCheckpoint]:
+        refs = run_checkpoints(self.client, self.run_id)
+        for ref in refs:
+            self.model_ids.record(ref.epoch, ref.model_id)
+        return [RunCheckpoint(self, ref) for ref in refs]
+
+    def tag(self, key: str) -> str | None:
+        return self._tags.get(key)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        changed = {k: str(v) for k, v in tags.items() if self._tags.get(k) != str(v)}
+        if changed:
+            self.outbox.submit(TagsJob(self.client, self.run_id, changed))
+            self._tags.update(changed)
+
+    def model_id_of(self, checkpoint) -> str | None:
+        """A checkpoint's LoggedModel id; for one the run has just written, once it was sent."""
+        return checkpoint.model_id or self.model_ids.get(checkpoint.epoch)
+
+    # -- scores ------------------------------------------------------------------------------
+
+    def scored_num_samples(self, space: str) -> int | None:
+        """The sample count the run's checkpoints were scored with in ``space``, if any were."""
+        value = self.tag(f"{NUM_SAMPLES_TAG}.{space}")
+        if value is not None:
+            return int(value)
+        # Runs scored before the tag existed were all scored at the then only default.
+        return LEGACY_NUM_SAMPLES if f"{space}/fid" in self.run.data.metrics else None
+
+    def logged_scores(self, checkpoint, space: str, num_samples: int) -> dict[str, float] | None:
+        """Scores already logged for this checkpoint in this feature space at this sample count, or None."""
+        if self.scored_num_samples(space) != num_samples:
+            return None
+        prefix = f"{space}/"
+        metrics = self.client.get_logged_model(checkpoint.model_id).metrics or []
+        scores = {m.key[len(prefix):]: m.value for m in sorted(metrics, key=lambda m: m.timestamp)
+                  if m.key.startswith(prefix)}
+        return scores or None
+
+    def log_scores(self, checkpoint, space: str, num_samples: int, scores: dict[str, float]) -> None:
+        # Scores at another count stay in the metric history; the tag says which count the latest are.
+        self.set_tags({f"{NUM_SAMPLES_TAG}.{space}": str(num_samples)})
+        now = int(time.time() * 1000)
+        metrics = [{"key": f"{space}/{k}", "value": float(v), "timestamp": now, "step": checkpoint.epoch}
+                   for k, v in scores.items()]
+        if checkpoint.model_id is not None:
+            self.model_ids.record(checkpoint.epoch, checkpoint.model_id)
+        # Linked by epoch when sent: behind a checkpoint still queued, its id is known once it went out.
+        self.outbox.submit(MetricsJob(self.client, self.run_id, metrics, model_epoch=checkpoint.epoch,
+                                      model_ids=self.model_ids, what=f"scores of {checkpoint_name(checkpoint.epoch)}"))
+
+    # -- the decision ------------------------------------------------------------------------
+
+    def record_progress(self, evaluation) -> None:
+        """Tag the run with the decision so far: the chosen and the onset epochs, and the space."""
+        best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.best_epoch)
+        onset = evaluation.collapse.onset_epoch
+        self.set_tags({
+            "facegan.best_epoch": str(best.epoch),
+            "facegan.collapse_epoch": "none" if onset is None else str(onset),
+            # while training, the id of a checkpoint still queued is not known yet: by epoch instead
+            "facegan.best_model_id": str(self.model_id_of(best) or checkpoint_name(best.epoch)),
+            "facegan.evaluation_features": evaluation.features,
+            "facegan.memorisation_epoch": ("none" if evaluation.memorisation is None
+                                           or evaluation.memorisation.onset_epoch is None
+                                           else str(evaluation.memorisation.onset_epoch)),
+        })
+
+    def record(self, evaluation, figure, register_name: str | None) -> str | None:
+        """Tag the run, log the ranking table, the plot and the summary, register the chosen generator.
+
+        Returns the registered model URI (``models:/NAME@best``), or None when not registering.
+
+        Raises:
+            FaceganError: while training, the store did not take the run's queued records in time.
+        """
+        if not self.outbox.wait_until_sent():
+            raise FaceganError(f"the tracking store did not take the run's records within "
+                               f"{self.outbox.send_timeout:.0f} s")
+        for c in evaluation.checkpoints:  # the ids of the checkpoints sent meanwhile
+            c.model_id = self.model_id_of(c)
+        self.record_progress(evaluation)
+        space = evaluation.features
+        self.client.log_table(self.run_id, data=evaluation.table_columns(), artifact_file=f"evaluation/{space}_ranking.json")
+        self.client.log_figure(self.run_id, figure, f"evaluation/{space}_scores.png")
+        registered = None
+        if register_name:
+            best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.best_epoch)
+            registered = register_generator(self.client, best, register_name, self.run_id)
+            evaluation.registered = registered
+        self.client.log_dict(self.run_id, evaluation.to_json(), f"evaluation/{space}_summary.json")
+        return registered
