@@ -294,13 +294,12 @@ class RandomCNNExtractor(FeatureExtractor):
     Four 4x4 convolutions with stride 2 (3 -> 16 -> 32 -> 64 -> 128 channels, LeakyReLU 0.2,
     He-normal weights, no bias) on a 64 x 64 input scaled to [-1, 1]. The features are the
     per-channel spatial mean and standard deviation of every layer (480 values; colour and texture)
-    and the last layer's means over the four image quadrants (512 values; layout), 992 in all. On
-    toy images (coloured ellipse on a background, three positions) the nearest neighbour across two
-    independent sets matched colour 95%, background 100% and position 98% of the time; without the
-    quadrant means position fell to 89%. numpy's legacy ``RandomState`` stream is frozen, so the
-    weights are the same on every machine and torch version; CPU features agreed to 1e-4 relative
-    between torch 2.11 and 2.14. CUDA's TF32 convolutions move them by ~1e-3 relative, so extract
-    real and generated features on the same kind of device.
+    and the last layer's means over the four image quadrants (512 values; layout), 992 in all: the
+    quadrant means are what lets it see where things sit, not only which colours and textures
+    there are (experiments/RESULTS.md, "Figures behind the docstrings"). numpy's legacy
+    ``RandomState`` stream is frozen, so the weights are the same on every machine and torch
+    version. CUDA's TF32 convolutions move the features slightly, so extract real and generated
+    features on the same kind of device.
 
     Args:
         seed: numpy seed for the weights.
@@ -310,8 +309,8 @@ class RandomCNNExtractor(FeatureExtractor):
     ARCHITECTURE_VERSION: ClassVar[int] = 2  # bump when the architecture, feature layout or arithmetic changes
     CHANNELS: ClassVar[tuple[int, ...]] = (3, 16, 32, 64, 128)
     INPUT_SIZE: ClassVar[int] = 64
-    # Small batches keep each layer's activations in cache: 32 images a pass extracted 1000 32 x 32
-    # faces in 0.19 s here, 256 a pass in 0.31 s (same features to the bit).
+    # Small batches keep each layer's activations in cache, which made extraction faster on the CPU
+    # than large ones (same features to the bit; experiments/RESULTS.md).
     default_batch_size: ClassVar[int] = 32
     NEGATIVE_SLOPE: ClassVar[float] = 0.2
 
