@@ -33,10 +33,12 @@ files are the tutorial's (nothing else gzips a ``torch.save``) and are read tran
 ``transposed`` to decide otherwise. The tutorial's ``data/`` folder of batches ``0.pt``, ``1.pt``,
 ... is read upright as a :class:`~facegan.dataset.Dataset` (:func:`load_tutorial_data`).
 
-Example:
-    >>> # checkpoints = checkpoint_sources("run/model.generation.epoch_*.pt")
-    >>> # evaluation = evaluation.engine.evaluate(checkpoints, scorer)
-    >>> # load_generator_file(chosen_path).facegan_checkpoint(epoch)   # a payload to save/register
+Example::
+
+    checkpoints = checkpoint_sources("run/model.generation.epoch_*.pt")      # or a GeneratorSpec
+    evaluation = evaluation.engine.evaluate(checkpoints, scorer)
+    chosen = next(c for c in checkpoints if c.epoch == evaluation.best_epoch)
+    save_checkpoint(load_generator_file(chosen.label).facegan_checkpoint(chosen.epoch), "best.pt")
 """
 
 from __future__ import annotations

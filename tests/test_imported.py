@@ -7,6 +7,7 @@ The tutorial's classes and save functions are re-implemented here as the tutoria
 
 from __future__ import annotations
 
+import doctest
 import gzip
 import importlib
 import pickle
@@ -560,3 +561,11 @@ def test_facegan_checkpoints_are_read_as_they_are(tmp_path):
     torch.save(plain.state_dict(), tmp_path / "g_5.pt")
     network = load_generator_file(tmp_path / "g_5.pt").network
     assert (network.image_size, network.latent_dim, network.g_width, network.g_norm) == (40, 20, 4, "none")
+
+
+def test_the_docstring_examples_hold():
+    import evaluation.sources
+    import facegan.imported
+
+    assert doctest.testmod(facegan.imported).failed == 0
+    assert doctest.testmod(evaluation.sources).failed == 0
