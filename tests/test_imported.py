@@ -7,9 +7,11 @@ The tutorial's classes and save functions are re-implemented here as the tutoria
 
 from __future__ import annotations
 
+import base64
 import doctest
 import gzip
 import importlib
+import io
 import pickle
 import re
 import sys
@@ -40,6 +42,7 @@ from facegan.imported import (
     parse_output_range,
 )
 from facegan.models import Generator
+from facegan.pyfunc import _load_pyfunc
 from facegan.synthetic import synthetic_faces
 
 # The tutorial's image_to_tensor wraps a read-only numpy array (torch warns); it is its code, as it is.
@@ -317,6 +320,11 @@ def test_the_tutorials_generator_becomes_a_facegan_generator_that_draws_upright(
     with torch.no_grad():
         expected = numpy.stack([numpy.asarray(tensor_to_image(t)) for t in model(latents)]).astype(int)
     assert numpy.abs(render(loaded.generator, latents).astype(int) - expected).max() <= 1
+    faces = _load_pyfunc(str(tmp_path / "best.pt")).predict({"seed": [5]})  # MLflow's pyfunc model of it
+    png = numpy.asarray(Image.open(io.BytesIO(base64.b64decode(faces["png"][0])))).astype(int)
+    with torch.no_grad():
+        shown = numpy.asarray(tensor_to_image(model(sample_latents(1, 128, seed=5))[0])).astype(int)
+    assert numpy.abs(png - shown).max() <= 1
 
 
 def test_a_tutorial_run_folder_scores_as_the_tutorials_generators_turned_upright(tmp_path, monkeypatch):
@@ -512,7 +520,7 @@ def test_foreign_and_damaged_files_are_one_clear_error_naming_the_file(tmp_path)
         "empty_1.pt": (b"", "cannot be read: the file is empty"),
         "text_1.pt": (b"hello, not a checkpoint", "cannot be read: it is not a PyTorch file"),
         "cut_1.pt": (gzip.compress(numpy.random.default_rng(0).bytes(1000))[:100], "is a damaged gzip file"),
-        "pickle_1.pt": (gzip.compress(pickle.dumps(NotData)), ("is gzip-compressed, but what it holds cannot be read: "
+        "pickle_1.pt": (gzip.compress(pickle.dumps(NotData, protocol=2)), ("is gzip-compressed, but what it holds cannot be read: "
                         "it holds Python objects besides tensors and plain data, which are refused")),
         "gzipped_text_1.pt": (gzip.compress(b"hello"), ("is gzip-compressed, but what it holds cannot be read: it is not "
                               "a PyTorch file")),

@@ -6,6 +6,7 @@ import csv
 
 import pytorch_lightning as pl
 import torch
+from helpers import PoolGenerator, collapsing_history
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -14,7 +15,6 @@ from evaluation.features import get_extractor
 from facegan.judge import Judge
 from facegan.lightning import JudgeCallback
 from facegan.synthetic import synthetic_faces
-from helpers import PoolGenerator, collapsing_history
 
 
 class CollapsingGan(pl.LightningModule):
