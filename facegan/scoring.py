@@ -33,6 +33,7 @@ from facegan.data import load_data, load_dataset
 from facegan.dataset import Dataset, tensor_digest
 from facegan.errors import FaceganError
 from facegan.folders import prepare_folder
+from facegan.imported import is_tutorial_data, load_tutorial_data
 from facegan.run_tracker import STOPPED_EPOCH_TAG
 from facegan.synthetic import synthetic_holdout
 
@@ -66,11 +67,14 @@ def real_images(dataset: Dataset) -> RealImages:
 
 
 def load_real(real: str, image_size: int, progress: bool) -> Dataset:
-    """``--real``: a dataset file as it is, or every image of a folder resized to ``image_size``.
+    """``--real``: a dataset file as it is, the tutorial's ``data/`` folder of batches (read upright,
+    :func:`facegan.imported.load_tutorial_data`), or every image of a folder resized to ``image_size``.
 
     Sizes need not match the samples': every feature extractor resizes to its own input.
     """
     path = Path(real)
+    if path.is_dir() and is_tutorial_data(path):
+        return load_tutorial_data(path)
     if path.is_dir():
         return prepare_folder(path, image_size=image_size, per_identity=_ALL, limit=_ALL, crop=1.0, progress=progress)
     if not path.is_file():
