@@ -255,15 +255,16 @@ def _checked(batches: Iterable[torch.Tensor], interrupt: Callable[[], None]) -> 
 
 
 def decide(scored: list[Scored], noise: dict[str, float], *, space: str, note: str, num_samples: int,
-           skipped: list[tuple[str, str]] | None = None) -> Evaluation:
+           skipped: list[tuple[str, str]] | None = None, real_digest: str | None = None) -> Evaluation:
     """The collapse and memorisation rules and the choice (:mod:`evaluation.collapse`,
-    :mod:`evaluation.memorisation`) on scored checkpoints."""
+    :mod:`evaluation.memorisation`) on scored checkpoints. ``real_digest`` names the real images
+    the scores are against (scores against other images are not comparable)."""
     scored = sorted(scored, key=lambda c: c.epoch)
     rows = [{"epoch": c.epoch, **c.scores} for c in scored]
     collapse = detect_collapse(rows, noise)
     memorisation = detect_memorisation(rows, noise)
     return Evaluation(space, note, scored, collapse, choose_best(rows, collapse, memorisation), noise, num_samples,
-                      list(skipped or []), memorisation=memorisation)
+                      list(skipped or []), memorisation=memorisation, real_digest=real_digest)
 
 
 def score_all(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog | None = None, *,
@@ -327,7 +328,7 @@ def evaluate(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog | 
     # Folders may hold different numbers of images: the chance levels are those of a typical one.
     sample_size = int(np.median([c.num_samples for c in scored]))
     return decide(scored, scorer.noise(sample_size), space=scorer.space, note=scorer.extractor.note,
-                  num_samples=sample_size, skipped=skipped)
+                  num_samples=sample_size, skipped=skipped, real_digest=scorer.real.digest)
 
 
 def record(log: DecisionLog, evaluation: Evaluation, register_name: str | None) -> str | None:

@@ -122,7 +122,8 @@ class TrainingJudge:
 
     def _decide(self) -> None:
         self.evaluation = decide(self.scored, self.scorer.noise(), space=self.space, note=self.scorer.extractor.note,
-                                 num_samples=self.scorer.num_samples, skipped=self.skipped)
+                                 num_samples=self.scorer.num_samples, skipped=self.skipped,
+                                 real_digest=self.scorer.real.digest)
         if self.log is not None:
             self.log.record_progress(self.evaluation)
 

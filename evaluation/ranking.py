@@ -44,6 +44,8 @@ class Evaluation:
     run_id: str | None = None
     registered: str | None = None
     memorisation: MemorisationResult | None = None
+    real_digest: str | None = None  # identifies the real images the scores are against
+    registration_lines: list[str] = field(default_factory=list)  # what registering the choice did, for people
 
     def memorised(self, epoch: int) -> bool:
         """Whether the checkpoint at ``epoch`` copies training images beyond chance."""
@@ -70,6 +72,8 @@ class Evaluation:
             "choice_reason": self.choice.reason,
             "run_id": self.run_id,
             "registered": self.registered,
+            "registration": self.registration_lines,
+            "real_digest": self.real_digest,
             "num_samples": self.num_samples,
             "checkpoints": [
                 {"epoch": c.epoch, **{k: c.scores[k] for k in SCORE_KEYS if k in c.scores},

@@ -9,7 +9,7 @@ with the same feature space, the same real images and the same number of samples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evaluation.ranking import Evaluation, pyplot
 
@@ -36,6 +36,7 @@ class Study:
     runs: list[StudyRun]
     study_run_id: str | None = None
     registered: str | None = None
+    registration_lines: list[str] = field(default_factory=list)  # what registering did, for people
 
     @property
     def best(self) -> StudyRun:
@@ -74,7 +75,7 @@ class Study:
         best = self.best
         return {
             "features": self.features, "num_samples": self.num_samples, "study_run_id": self.study_run_id,
-            "registered": self.registered,
+            "registered": self.registered, "registration": self.registration_lines,
             "best": {"run_id": best.run_id, "epoch": best.evaluation.best_epoch, "fid": best.best.scores["fid"]},
             "runs": [{"run_id": r.run_id, "name": r.name, "loss": r.loss, **r.evaluation.to_json()} for r in self.runs],
         }

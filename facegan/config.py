@@ -133,6 +133,8 @@ class ScoringOptions:
             in this space, else :data:`DEFAULT_NUM_SAMPLES`.
         device: where generators and the feature network run (``auto``, ``cpu``, ``cuda``).
         register: registered model name for the choice; None (``none`` on the command line): do not register.
+        promote: the choice takes the registered model's aliases even when it is not better than
+            their holders, or not comparable with them (a person overruling the registry's rule).
     """
 
     features: str = "inception"
@@ -141,6 +143,7 @@ class ScoringOptions:
     num_samples: int | None = None
     device: str = "auto"
     register: str | None = DEFAULT_REGISTERED_NAME
+    promote: bool = False
 
     def __post_init__(self):
         if not self.features or self.features == NO_FEATURES:

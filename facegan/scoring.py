@@ -108,7 +108,7 @@ def score_run(run: str, options: ScoringOptions, *, real: str | None = None, tra
     """
     from facegan.tracking import MlflowRunSource  # imports mlflow: only the run mode needs it
 
-    with MlflowRunSource.open(tracking_uri, run) as source:
+    with MlflowRunSource.open(tracking_uri, run, promote=options.promote) as source:
         checkpoints = source.checkpoints()
         if not checkpoints:
             raise FaceganError(f"run {source.run_id} has no generator checkpoints to evaluate "
@@ -192,7 +192,7 @@ def score_study(runs: list[str], experiment: str | None, options: ScoringOptions
         figure = study_figure(study)
         try:
             log_study(client, study, figure, experiment_id=sources[0].run.info.experiment_id,
-                      register_name=options.register)
+                      register_name=options.register, promote=options.promote)
         finally:
             plt.close(figure)
         for source in sources:

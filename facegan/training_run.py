@@ -42,6 +42,7 @@ class RunOutcome:
     Attributes:
         run_id: the MLflow run.
         tracking_uri: the store it is in.
+        experiment_id: its experiment.
         cfg: the config it trained with (a resumed run's own, with the overrides applied).
         trainer: the loop, as it ended (``epoch``, ``stopped``).
         evaluation: the judge's last decision (``train --evaluate``), else None.
@@ -52,6 +53,7 @@ class RunOutcome:
     cfg: Config
     trainer: Trainer
     evaluation: object | None = None
+    experiment_id: str | None = None
 
 
 def start_run(cfg: Config, *, processes: Processes, progress: bool, say: Say) -> RunOutcome:
@@ -126,7 +128,8 @@ def _run(cfg: Config, open_run, payload: dict | None, *, processes: Processes, p
                             processes=processes)
         except KeyboardInterrupt:
             raise RunInterrupted(tracker.run_id) from None
-    return RunOutcome(tracker.run_id, uri, cfg, trainer, None if judge is None else judge.evaluation)
+    return RunOutcome(tracker.run_id, uri, cfg, trainer, None if judge is None else judge.evaluation,
+                      tracker.experiment_id)
 
 
 def _describe(run_id: str, cfg: Config, dataset: Dataset, uri: str, processes: Processes, scorer) -> str:

@@ -164,7 +164,7 @@ def test_a_checkpoint_logged_without_pyfunc_files_gets_them_when_registered(regi
 
     from facegan import tracking
     from facegan.checkpoint import GENERATOR_FILE
-    from facegan.tracking import CheckpointRef, register_generator
+    from facegan.tracking import Candidate, register_choice
 
     uri, _, run_id = registered
     tracking.connect(uri)
@@ -181,7 +181,7 @@ def test_a_checkpoint_logged_without_pyfunc_files_gets_them_when_registered(regi
     client.finalize_logged_model(old.model_id, LoggedModelStatus.READY)
     assert [a.path for a in client.list_logged_model_artifacts(old.model_id)] == [GENERATOR_FILE]
 
-    register_generator(client, CheckpointRef(1, old.model_id, old.name), "facegan-generator-old", run_id)
+    register_choice(client, "facegan-generator-old", Candidate(old.model_id, run_id, 1, "random", "data", 20, 50.0))
     assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(old.model_id)}
     loaded = mlflow.pyfunc.load_model("models:/facegan-generator-old@best")
     assert decode(loaded.predict({"seed": [2]})["png"].iloc[0]).shape == (32, 32, 3)

@@ -5,6 +5,7 @@ logging at once; basic-auth with a wrong password. The server-outage test is in
 test_server_outage.py (its own cluster, so the two files can run side by side).
 """
 
+import json
 import os
 import subprocess
 
@@ -85,6 +86,45 @@ def test_several_trainings_logging_at_once_lose_nothing(server, tmp_path):
                                              filter_string=f"source_run_id = '{run_id}'")
         assert sorted(m.name for m in models) == ["generator-epoch-0002", "generator-epoch-0004", "generator-epoch-0006"]
         assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def start(folder, *args):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen([FACEGAN, *map(str, args)], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished(process) -> str:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def test_two_evaluations_registering_at_once_leave_the_better_choice_as_best(server, tmp_path):
+    """Two people evaluate different runs of one server at the same moment: whatever the order of
+    their requests, @best ends on the better of the two choices, with one version per checkpoint."""
+    uri, name = server.url, "team-registry"
+    trainings = [start(tmp_path, "train", *TINY_TRAIN, "--epochs", 2, "--set", "tracking.checkpoint_every=1",
+                       "--set", f"train.seed={seed}", "--experiment", "team-registry", "--tracking-uri", uri)
+                 for seed in (3, 4)]
+    run_ids = [finished(p).strip().splitlines()[-1].split(": ", 1)[1] for p in trainings]
+    folders = [tmp_path / f"person-{i}" for i in range(2)]
+    evaluations = []
+    for folder, run_id in zip(folders, run_ids):
+        folder.mkdir()
+        evaluations.append(start(folder, "evaluate", "--run", run_id, "--features", "random", "--num-samples", 20,
+                                 "--register", name, "--json", "out.json", "--tracking-uri", uri, "--quiet"))
+    for process in evaluations:
+        finished(process)
+    choices = []
+    for folder, run_id in zip(folders, run_ids):
+        result = json.loads((folder / "out.json").read_text())
+        choices.append((next(c["fid"] for c in result["checkpoints"] if c["epoch"] == result["best_epoch"]), run_id))
+    client = MlflowClient(uri, registry_uri=uri)
+    best = client.get_model_version_by_alias(name, "best")
+    assert best.tags["run_id"] == min(choices)[1]
+    assert client.get_model_version_by_alias(name, "best-random").version == best.version
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
 
 
 def test_basic_auth_a_wrong_password_is_one_clear_error(tmp_path):

@@ -31,13 +31,17 @@ from facegan.errors import FaceganError
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @click.option("--register", default=DEFAULT_REGISTERED_NAME, show_default=True,
               help="Registered model name for the chosen generator (alias `best`); `none` to skip.")
+@click.option("--promote", is_flag=True,
+              help="Move the registered model's aliases (best, best-<features>) to this choice even when it is not "
+                   "better than their holders, or was scored in another space, against other real images or at "
+                   "another sample count.")
 @click.option("--tracking-uri", help=TRACKING_URI_HELP)
 @click.option("--force", is_flag=True, help="Score again checkpoints already scored in this feature space.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def evaluate(runs, experiment, samples, real, features, inception_weights, dinov2_weights, num_samples, json_path,
-             register, tracking_uri, force, device, quiet):
+             register, promote, tracking_uri, force, device, quiet):
     """Score every checkpoint by FID and diversity, find the collapse onset, pick the best before it.
 
     \b
@@ -51,8 +55,11 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
 
     With --run, scores are logged back to the run (metrics `<features>/<name>` at step=epoch, linked
     to each checkpoint's model), the run is tagged with the chosen and onset epochs, the ranking
-    and a plot are logged, and the choice is registered as models:/facegan-generator@best.
-    A second call scores only checkpoints not yet scored in the same feature space.
+    and a plot are logged, and the choice is registered: one registry version per checkpoint, and
+    the aliases `best-<features>` and `best` (what `serve` and `generate` load) move to it only when
+    its FID beats their holder's in the same feature space against the same real images at the
+    same sample count (--promote moves them anyway); the output says which moved and why the
+    others stayed. A second call scores only checkpoints not yet scored in the same feature space.
 
     A checkpoint whose samples copy training images beyond what chance allows (compared with
     held-out real images, or a split of the training set) is marked `memorised` and never chosen.
@@ -71,7 +78,7 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
     if samples and not real:
         raise FaceganError("--samples needs --real FILE|FOLDER: the real images to compare with")
     options = ScoringOptions(features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
-                             num_samples=num_samples, device=device, register=register)
+                             num_samples=num_samples, device=device, register=register, promote=promote)
 
     from evaluation.ranking import write_json
     from facegan import scoring
@@ -94,8 +101,8 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
 
 def _print_evaluation(result) -> None:
     click.echo(result.render_table())
-    if result.registered:
-        click.echo(f"registered: {result.registered} (epoch {result.best_epoch} of run {result.run_id})")
+    for line in result.registration_lines:
+        click.echo(line)
 
 
 def _print_study(study) -> None:
@@ -104,6 +111,5 @@ def _print_study(study) -> None:
         click.echo(run.evaluation.render_table() + "\n")
     click.echo(study.render_table())
     click.echo(f"study logged as run {study.study_run_id}")
-    if study.registered:
-        click.echo(f"registered: {study.registered} (epoch {study.best.evaluation.best_epoch} of run "
-                   f"{study.best.run_id})")
+    for line in study.registration_lines:
+        click.echo(line)

@@ -130,11 +130,14 @@ def _report(outcome) -> None:
     result, trainer = outcome.evaluation, outcome.trainer
     if result is not None:
         echo(f"best checkpoint: epoch {result.best_epoch} ({result.choice.reason})")
-        if result.registered:
-            echo(f"registered: {result.registered}")
+        for line in result.registration_lines:
+            echo(line)
     if trainer.stopped is not None:
         echo(f"stopped early at epoch {trainer.epoch} of {outcome.cfg.train.epochs}: {trainer.stopped[1]}; "
              f"to train on anyway: facegan train --resume {outcome.run_id}")
     if outcome.tracking_uri.startswith("sqlite:"):
-        echo(f"browse: {mlflow_command()} ui --backend-store-uri {outcome.tracking_uri}  (then open \"Model training\")")
+        from facegan.tracking import ui_address
+
+        echo(f"browse: {mlflow_command()} ui --backend-store-uri {outcome.tracking_uri}, then open "
+             f"{ui_address(outcome.experiment_id)}")
     click.echo(f"run_id: {outcome.run_id}")

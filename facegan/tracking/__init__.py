@@ -7,16 +7,16 @@
 """
 
 from facegan.sender import Spool
-from facegan.tracking.registry import log_study, register_generator, write_pyfunc_files
+from facegan.tracking.registry import Candidate, log_study, register_choice, write_pyfunc_files
 from facegan.tracking.run_source import MlflowRunSource, RunCheckpoint
 from facegan.tracking.run_writer import MlflowRunTracker, sync_unsent, unsent_folder
 from facegan.tracking.store import (
     MODEL_TYPE, CheckpointRef, connect, get_run, latest_run_id, resolve_model, resolve_tracking_uri,
-    run_checkpoints, study_run_ids,
+    run_checkpoints, study_run_ids, ui_address,
 )
 
 __all__ = [
-    "MODEL_TYPE", "CheckpointRef", "MlflowRunSource", "MlflowRunTracker", "RunCheckpoint", "Spool", "connect",
-    "get_run", "latest_run_id", "log_study", "register_generator", "resolve_model", "resolve_tracking_uri",
-    "run_checkpoints", "study_run_ids", "sync_unsent", "unsent_folder", "write_pyfunc_files",
+    "MODEL_TYPE", "Candidate", "CheckpointRef", "MlflowRunSource", "MlflowRunTracker", "RunCheckpoint", "Spool", "connect",
+    "get_run", "latest_run_id", "log_study", "register_choice", "resolve_model", "resolve_tracking_uri",
+    "run_checkpoints", "study_run_ids", "sync_unsent", "ui_address", "unsent_folder", "write_pyfunc_files",
 ]

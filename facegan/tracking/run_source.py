@@ -21,9 +21,11 @@ from mlflow import MlflowClient
 from facegan.checkpoint import load_generator
 from facegan.errors import FaceganError
 from facegan.run_tracker import checkpoint_name
-from facegan.tracking.registry import register_generator
+from facegan.tracking.registry import candidate_of, register_choice
 from facegan.tracking.run_writer import CheckpointIds, MetricsJob, MlflowRunTracker, SendNow, TagsJob, sync_unsent, unsent_folder
-from facegan.tracking.store import CheckpointRef, connect, get_run, latest_run_id, resolve_model, run_checkpoints
+from facegan.tracking.store import (
+    CheckpointRef, connect, get_run, latest_run_id, mark_model_training, resolve_model, run_checkpoints,
+)
 
 NUM_SAMPLES_TAG = "facegan.num_samples"  # + ".<space>": samples per checkpoint its scores came from
 LEGACY_NUM_SAMPLES = 2000  # what runs scored before that tag existed were scored with
@@ -66,10 +68,13 @@ class MlflowRunSource:
     ``tracker``: the run's own tracker while it trains. Scores and tags then go through its
     background queue behind the checkpoints they belong to (never waiting for the store);
     otherwise they are sent at once. Either way every record goes out through :attr:`outbox`.
+    ``promote``: the registered choice takes the aliases even when it is not better than their
+    holders (``facegan evaluate --promote``).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, *, tracker: MlflowRunTracker | None = None):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client: MlflowClient, run_id: str, *, tracker: MlflowRunTracker | None = None,
+                 promote: bool = False):
+        self.client, self.run_id, self.promote = client, run_id, promote
         self.outbox = tracker if tracker is not None else SendNow()
         self.model_ids: CheckpointIds = tracker.model_ids if tracker is not None else CheckpointIds()
         self.run = get_run(client, run_id)
@@ -81,10 +86,10 @@ class MlflowRunSource:
         self._tags = dict(self.run.data.tags)
 
     @classmethod
-    def open(cls, tracking_uri: str | None, run: str) -> "MlflowRunSource":
+    def open(cls, tracking_uri: str | None, run: str, *, promote: bool = False) -> "MlflowRunSource":
         """``run`` is a run id or ``latest`` (the newest training run of the store)."""
         client = connect(tracking_uri)
-        return cls(client, latest_run_id(client) if run == "latest" else run)
+        return cls(client, latest_run_id(client) if run == "latest" else run, promote=promote)
 
     def __enter__(self) -> "MlflowRunSource":
         return self
@@ -179,7 +184,8 @@ class MlflowRunSource:
     def record(self, evaluation, figure, register_name: str | None) -> str | None:
         """Tag the run, log the ranking table, the plot and the summary, register the chosen generator.
 
-        Returns the registered model URI (``models:/NAME@best``), or None when not registering.
+        Returns the registered model URI (``models:/NAME@best`` when the choice holds ``best``; the
+        rules: :mod:`facegan.tracking.registry`), or None when not registering.
 
         Raises:
             FaceganError: while training, the store did not take the run's queued records in time.
@@ -190,13 +196,13 @@ class MlflowRunSource:
         for c in evaluation.checkpoints:  # the ids of the checkpoints sent meanwhile
             c.model_id = self.model_id_of(c)
         self.record_progress(evaluation)
+        mark_model_training(self.client, self.client.get_experiment(self.run.info.experiment_id))
         space = evaluation.features
         self.client.log_table(self.run_id, data=evaluation.table_columns(), artifact_file=f"evaluation/{space}_ranking.json")
         self.client.log_figure(self.run_id, figure, f"evaluation/{space}_scores.png")
-        registered = None
         if register_name:
-            best = next(c for c in evaluation.checkpoints if c.epoch == evaluation.best_epoch)
-            registered = register_generator(self.client, best, register_name, self.run_id)
-            evaluation.registered = registered
+            registration = register_choice(self.client, register_name, candidate_of(evaluation, self.run_id),
+                                           promote=self.promote)
+            evaluation.registered, evaluation.registration_lines = registration.uri, registration.lines()
         self.client.log_dict(self.run_id, evaluation.to_json(), f"evaluation/{space}_summary.json")
-        return registered
+        return evaluation.registered

@@ -42,7 +42,7 @@ from facegan.run_tracker import checkpoint_name
 from facegan.sender import Sender, Spool
 from facegan.tracking.registry import write_pyfunc_files
 from facegan.tracking.store import (
-    MODEL_TYPE, TRAIN_KIND, connect, get_run, is_transient, logged_image_steps, run_checkpoints,
+    MODEL_TYPE, TRAIN_KIND, connect, get_run, is_transient, logged_image_steps, run_checkpoints, training_experiment,
 )
 
 RESUME_ARTIFACT = "resume/state.pt"
@@ -108,17 +108,7 @@ class MlflowRunTracker:
     @classmethod
     def start(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None) -> "MlflowRunTracker":
         client = connect(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            try:
-                experiment_id = client.create_experiment(experiment)
-            except MlflowException:  # another training started at the same time may have made it first
-                found = client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
+        experiment_id = training_experiment(client, experiment)
         run = client.create_run(experiment_id, run_name=run_name, tags={"facegan.kind": TRAIN_KIND})
         return cls(client, run.info.run_id, experiment_id)
 

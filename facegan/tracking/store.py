@@ -25,6 +25,8 @@ from facegan.errors import FaceganError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_TYPE = "facegan-generator"
 TRAIN_KIND = "train"  # the tag facegan.kind of a training run
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds model training.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # MLflow reads these when it sends a request: no artifact progress bars; a lost server otherwise
 # stalls every request for minutes of retries. A user's own setting wins.
@@ -82,6 +84,33 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, FileNotFoundError):  # a kept file removed by hand: retrying cannot bring it back
         return False
     return isinstance(error, Exception)
+
+
+def training_experiment(client: MlflowClient, name: str) -> str:
+    """The id of the experiment ``name``, made if it does not exist, marked as model training
+    (:func:`mark_model_training`)."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException:  # another training started at the same time may have made it first
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    mark_model_training(client, found)
+    return found.experiment_id
+
+
+def mark_model_training(client: MlflowClient, experiment) -> None:
+    """Tag an experiment as model training for MLflow's UI, unless someone set its kind already."""
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def ui_address(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
+    """Where ``mlflow ui`` shows an experiment's runs: MLflow 3's UI opens in its GenAI view unless
+    the address asks for the model-training one (an experiment's kind tag alone does not switch it)."""
+    return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 # ----------------------------------------------------------------------------------------------
