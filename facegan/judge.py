@@ -25,7 +25,13 @@ A plain loop (pytorch/examples' DCGAN: ``netG`` takes N x 100 x 1 x 1 latents, d
 The generator is copied before it is scored (in eval mode, on the judge's device): the one you
 train is not touched, not even moved. ``log=`` takes an :class:`evaluation.engine.DecisionLog`
 (scores, the decision after each checkpoint, the result at :meth:`Judge.finish`) to keep them
-somewhere, e.g. an MLflow run.
+somewhere; :func:`facegan.tracking.active_run_log` is the active MLflow run, logged exactly as
+``facegan train --evaluate`` logs a run (metrics ``<space>/fid``... at ``step=epoch``, tags, and
+at :meth:`Judge.finish` the table, the plot and the registered choice)::
+
+    with mlflow.start_run():
+        judge = Judge("faces/", features="random", log=active_run_log())
+        ...
 """
 
 from __future__ import annotations
@@ -122,16 +128,16 @@ class Judge:
                  value_range: tuple[float, float] = (-1.0, 1.0), transposed: bool = False,
                  stop_on_collapse: bool = False, patience: int | None = None, device: str = "auto",
                  log: DecisionLog | None = None, progress: bool = False):
-        from facegan.evaluate import (
-            make_extractor,  # the trainer's feature-space choice, imported when used
-        )
+        from facegan.config import ScoringOptions
+        from facegan.scoring import make_extractor  # the CLI's feature-space choice, imported when used
 
         self.device = select_device(device)
         self.latent_shape = (latent_shape,) if isinstance(latent_shape, int) else latent_shape
         self.value_range, self.transposed = value_range, transposed
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
             raise FaceganError(f"patience must be a whole number of checkpoints, at least 1; got {patience!r}")
-        extractor = features if isinstance(features, FeatureExtractor) else make_extractor(features, device=self.device)
+        extractor = (features if isinstance(features, FeatureExtractor)
+                     else make_extractor(ScoringOptions(features, device=str(self.device))))
         scorer = Scorer(extractor, self._real(real, progress), num_samples, device=self.device, progress=progress)
         self._judge = TrainingJudge(scorer, log, rule=StopRule(on_collapse=stop_on_collapse, patience=patience))
 
@@ -182,7 +188,7 @@ class Judge:
     # -- conversions ---------------------------------------------------------------------------
 
     def _real(self, real, progress: bool) -> RealImages:
-        from facegan.evaluate import load_real, real_images
+        from facegan.scoring import load_real, real_images
 
         if isinstance(real, (str, Path)):
             real = load_real(str(real), DEFAULT_IMAGE_SIZE, progress)

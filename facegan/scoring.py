@@ -9,6 +9,8 @@ the checkpoints and the real images come from, and takes how to score as one
   table, a plot and the registered choice go back to the run (``facegan evaluate --run``);
 - :func:`score_study`: several runs in one feature space against the same real images;
 - :func:`score_folders`: sample folders ``DIR/<epoch>/*.png`` against ``--real``, no MLflow;
+- :func:`score_checkpoint_files`: generator checkpoint files made by other code (the tutorial's,
+  DCGAN's, your own architecture's) against ``--real``, the choice registered as a facegan model;
 - :func:`training_judge`: the judge a training run hands each new checkpoint to
   (:class:`evaluation.online.TrainingJudge`), logging to the run exactly as :func:`score_run`
   (``facegan train --evaluate``).
@@ -17,9 +19,11 @@ the checkpoints and the real images come from, and takes how to score as one
 from __future__ import annotations
 
 import sys
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import torch
 
 from evaluation.engine import RealImages, Scorer, evaluate, record, space_label
 from evaluation.features import FeatureExtractor, get_extractor
@@ -27,13 +31,16 @@ from evaluation.online import StopRule, TrainingJudge
 from evaluation.ranking import Evaluation, preload_pyplot, pyplot
 from evaluation.study import Study, StudyRun, study_figure
 from evaluation.sources import sample_folders
+from facegan.checkpoint import save_checkpoint
 from facegan.common import select_device
 from facegan.config import DEFAULT_NUM_SAMPLES, Config, ScoringOptions
 from facegan.data import load_data, load_dataset
 from facegan.dataset import Dataset, tensor_digest
 from facegan.errors import FaceganError
 from facegan.folders import prepare_folder
-from facegan.imported import is_tutorial_data, load_tutorial_data
+from facegan.imported import (
+    GeneratorSpec, checkpoint_sources, is_tutorial_data, load_generator_file, load_tutorial_data,
+)
 from facegan.run_tracker import STOPPED_EPOCH_TAG
 from facegan.synthetic import synthetic_holdout
 
@@ -210,6 +217,52 @@ def score_folders(samples: str, real: str, options: ScoringOptions, *, progress:
     scorer = Scorer(extractor, real_images(data), options.num_samples or DEFAULT_NUM_SAMPLES,
                     device=select_device(options.device), progress=progress)
     return evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
+
+
+def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spec: GeneratorSpec | None = None, *,
+                           tracking_uri: str | None = None, progress: bool = True) -> Evaluation:
+    """Score generator checkpoint files made by other code (:mod:`facegan.imported`) against real images.
+
+    With ``options.register`` the scores are logged to a new run of the experiment
+    ``facegan-imported`` (tag ``facegan.kind=import``), the chosen checkpoint becomes its model
+    (a facegan checkpoint: ``generate``, ``serve`` and the pyfunc model load it) and is
+    registered as a run's choice is; a choice of the user's own architecture, which facegan cannot
+    rebuild, is scored but not registered (said in ``registration_lines``). Without, nothing
+    touches MLflow.
+    """
+    checkpoints = checkpoint_sources(pattern, spec)
+    extractor = make_extractor(options)
+    device = select_device(options.device)
+    side = next(iter(checkpoints[0].samples(1, torch.device("cpu")))).shape[-1]
+    data = load_real(real, side, progress)
+    scorer = Scorer(extractor, real_images(data), options.num_samples or DEFAULT_NUM_SAMPLES, device=device,
+                    progress=progress)
+    what = f"checkpoint file matching {pattern}"
+    if options.register is None:
+        return evaluate(checkpoints, scorer, None, progress=progress, what=what)
+    from facegan.tracking import imported_run
+
+    source = imported_run(tracking_uri, Path(pattern.rstrip("/")).parent.name or pattern,
+                          {"checkpoints": pattern, "real": real, "features": scorer.space})
+    status = "FAILED"
+    try:
+        evaluation = evaluate(checkpoints, scorer, source, progress=progress, what=what)
+        evaluation.run_id = source.run_id
+        chosen = next(c for c in checkpoints if c.epoch == evaluation.best_epoch)
+        register = options.register
+        try:
+            payload = load_generator_file(chosen.label, spec).facegan_checkpoint(chosen.epoch)
+        except FaceganError as exc:
+            register = None
+            evaluation.registration_lines = [f"not registered: {exc}"]
+        if register is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                source.log_generator(save_checkpoint(payload, Path(tmp) / "generator.pt"), chosen.epoch)
+        record(source, evaluation, register)
+        status = "FINISHED"
+    finally:
+        source.finish(status)
+    return evaluation
 
 
 def training_extractor(cfg: Config) -> FeatureExtractor | None:

@@ -30,7 +30,7 @@ from facegan.checkpoint import load_generator, save_checkpoint
 from facegan.common import to_uint8
 from facegan.data import save_dataset
 from facegan.errors import FaceganError
-from facegan.evaluate import load_real, real_images
+from facegan.scoring import load_real, real_images
 from facegan.generate import load_model, render, sample_latents
 from facegan.imported import (
     GeneratorSpec,
@@ -577,3 +577,50 @@ def test_the_docstring_examples_hold():
 
     assert doctest.testmod(facegan.imported).failed == 0
     assert doctest.testmod(evaluation.sources).failed == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Through the real CLI: `facegan evaluate --checkpoints`
+
+
+@pytest.mark.slow
+def test_the_cli_scores_a_tutorial_run_folder_and_registers_its_choice(cli, tmp_path, tracking_uri):
+    import json
+
+    from mlflow import MlflowClient
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch in (99, 199):
+        save_tutorial_checkpoints(tutorial_generator(seed=epoch), DiscriminationModel(), epoch, run)
+    faces = synthetic_faces(120, 80, seed=0).images
+    prepare_batches([Image.fromarray(f.permute(1, 2, 0).numpy()) for f in faces], run / "data")
+
+    proc = cli("evaluate", "--checkpoints", "run/model.generation.epoch_*.pt", "--real", "run/data",
+               "--features", "random", "--num-samples", 40, "--register", "imported-test", "--json", "out.json",
+               "--tracking-uri", tracking_uri, "--quiet", env={"FACEGAN_CACHE_DIR": str(tmp_path / "cache")})
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [c["epoch"] for c in result["checkpoints"]] == [99, 199]
+    assert f"registered: models:/imported-test@best (epoch {result['best_epoch']} of run {result['run_id']}" in proc.stdout
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    logged = client.get_run(result["run_id"])
+    assert logged.data.tags["facegan.kind"] == "import" and logged.info.status == "FINISHED"
+    assert client.get_experiment(logged.info.experiment_id).name == "facegan-imported"
+    assert [m.step for m in client.get_metric_history(result["run_id"], "random/fid")] == [99, 199]
+
+    # The registered choice is a facegan model: `generate` draws the tutorial's faces, upright.
+    cli("generate", "--model", "models:/imported-test@best", "-n", 1, "--seed", 3, "--out", "faces",
+        "--tracking-uri", tracking_uri)
+    drawn = numpy.asarray(Image.open(tmp_path / "faces" / "000000.png"))
+    z = sample_latents(1, 128, seed=3)
+    with torch.no_grad():
+        tutorial = tutorial_generator(seed=result["best_epoch"]).eval()(z)
+    assert numpy.abs(drawn.astype(int) - numpy.asarray(tensor_to_image(tutorial[0])).astype(int)).max() <= 1
+
+
+def test_the_cli_refuses_a_factory_without_its_latent_shape(cli, tmp_path):
+    proc = cli("evaluate", "--checkpoints", "run", "--real", "synthetic", "--factory", "mine:make",
+               "--features", "random", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "state the generator's latent shape too" in proc.stderr

@@ -140,3 +140,28 @@ def test_mistakes_are_one_clear_error(real, tmp_path):
         Judge(tmp_path / "missing.pt", features=get_extractor("random"))
     with pytest.raises(FaceganError, match="unknown feature space|features"):
         Judge(real, features="nonsense")
+
+
+def test_the_active_mlflow_run_is_logged_as_train_evaluate_logs_a_run(real, tracking_uri):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from facegan.tracking import active_run_log
+
+    with pytest.raises(FaceganError, match="no active MLflow run"):
+        active_run_log()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("judge-active-run")
+    history = collapsing_history(onset=3, epochs=4)
+    with mlflow.start_run() as run:
+        judge = Judge(real, features=get_extractor("random"), num_samples=NUM_SAMPLES, log=active_run_log())
+        for epoch in (1, 2, 3):
+            judge.add(epoch, generator=history[epoch])
+        judge.finish()
+    client = MlflowClient(tracking_uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "random/fid")] == [1, 2, 3]
+    logged = client.get_run(run.info.run_id)
+    assert logged.data.tags["facegan.best_epoch"] == str(judge.result.best_epoch)
+    assert logged.data.tags["facegan.num_samples.random"] == str(NUM_SAMPLES)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
+        "evaluation/random_ranking.json", "evaluation/random_scores.png", "evaluation/random_summary.json"}

@@ -15,8 +15,21 @@ from facegan.errors import FaceganError
 @click.option("--experiment", metavar="NAME",
               help="Or: a study of every training run in this MLflow experiment (e.g. the tutorial's three objectives).")
 @click.option("--samples", type=click.Path(), help="Or: a folder of sample folders, DIR/<epoch>/*.png (the tutorial's layout).")
-@click.option("--real", type=click.Path(), help="Real images: a dataset file or an image folder. Required with --samples; "
-              "with --run it replaces the run's own training data.")
+@click.option("--checkpoints", metavar="PATTERN",
+              help="Or: generator checkpoint files made by other code: a quoted glob such as "
+                   "'run/model.generation.epoch_*.pt' or a folder; the epoch is the last number in each name. Reads "
+                   "the tutorial's gzip'd state dicts, pytorch/examples' DCGAN netG_epoch_N.pth, facegan's own, "
+                   "torch.export .pt2 programs, or your own architecture with --factory.")
+@click.option("--real", type=click.Path(), help="Real images: a dataset file, an image folder, the tutorial's data/ "
+              "folder, or `synthetic`. Required with --samples and --checkpoints; with --run it replaces the run's "
+              "own training data.")
+@click.option("--factory", metavar="MODULE:FUNCTION",
+              help="With --checkpoints: your generator's architecture, a function (importable from the working "
+                   "folder) returning the nn.Module each state dict is loaded into; give --latent-shape too.")
+@click.option("--latent-shape", metavar="SHAPE",
+              help="With --checkpoints: one latent's shape, e.g. 128 or 100x1x1 (DCGAN's netG).")
+@click.option("--output-range", metavar="LOW,HIGH", default="-1,1", show_default=True,
+              help="With --checkpoints: what the generator's outputs span (-1,1 after a Tanh, 0,1 after a sigmoid).")
 @click.option("--features", default="inception", show_default=True, help="Feature space: " + FEATURES_HELP + ".")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
               help="Local FID Inception weights for offline machines: weights-inception-2015-12-05-6726825d.pth "
@@ -40,7 +53,7 @@ from facegan.errors import FaceganError
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
-def evaluate(runs, experiment, samples, real, features, inception_weights, dinov2_weights, num_samples, json_path,
+def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape, output_range, features, inception_weights, dinov2_weights, num_samples, json_path,
              register, promote, tracking_uri, force, device, quiet):
     """Score every checkpoint by FID and diversity, find the collapse onset, pick the best before it.
 
@@ -64,6 +77,11 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
     A checkpoint whose samples copy training images beyond what chance allows (compared with
     held-out real images, or a split of the training set) is marked `memorised` and never chosen.
 
+    With --checkpoints PATTERN, generator checkpoint files made by other code are scored (the
+    tutorial's run as it lies on disk: --checkpoints 'run/model.generation.epoch_*.pt' --real
+    run/data); the scores are logged to a run of the experiment facegan-imported and the choice is
+    registered as a facegan model (unless --register none: then nothing touches MLflow).
+
     With --experiment NAME (or --run given several times) the runs form a study: every checkpoint
     of every run is scored in one feature space against the same real images (runs trained on
     different data are refused), each run gets its own choice, and the study's best (the lowest
@@ -72,11 +90,14 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
     """
     from facegan.config import ScoringOptions
 
-    if sum(map(bool, (runs, experiment, samples))) != 1:
-        raise FaceganError("give one of --run RUN_ID|latest (several for a study), --experiment NAME, or --samples DIR "
-                           "(with --real)")
-    if samples and not real:
-        raise FaceganError("--samples needs --real FILE|FOLDER: the real images to compare with")
+    if sum(map(bool, (runs, experiment, samples, checkpoints))) != 1:
+        raise FaceganError("give one of --run RUN_ID|latest (several for a study), --experiment NAME, --samples DIR "
+                           "or --checkpoints PATTERN (the last two with --real)")
+    for given, option in ((samples, "--samples"), (checkpoints, "--checkpoints")):
+        if given and not real:
+            raise FaceganError(f"{option} needs --real FILE|FOLDER: the real images to compare with")
+    if (factory or latent_shape) and not checkpoints:
+        raise FaceganError("--factory and --latent-shape describe --checkpoints files; give --checkpoints PATTERN")
     options = ScoringOptions(features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
                              num_samples=num_samples, device=device, register=register, promote=promote)
 
@@ -85,6 +106,14 @@ def evaluate(runs, experiment, samples, real, features, inception_weights, dinov
 
     if samples:
         result = scoring.score_folders(samples, real, options, progress=not quiet)
+        _print_evaluation(result)
+    elif checkpoints:
+        from facegan.imported import GeneratorSpec, parse_latent_shape, parse_output_range
+
+        spec = GeneratorSpec(factory=factory, latent_shape=parse_latent_shape(latent_shape) if latent_shape else None,
+                             output_range=parse_output_range(output_range))
+        result = scoring.score_checkpoint_files(checkpoints, real, options, spec, tracking_uri=tracking_uri,
+                                                progress=not quiet)
         _print_evaluation(result)
     elif experiment or len(runs) > 1:
         result = scoring.score_study(list(runs), experiment, options, real=real, tracking_uri=tracking_uri,

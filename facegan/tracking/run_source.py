@@ -22,7 +22,9 @@ from facegan.checkpoint import load_generator
 from facegan.errors import FaceganError
 from facegan.run_tracker import checkpoint_name
 from facegan.tracking.registry import candidate_of, register_choice
-from facegan.tracking.run_writer import CheckpointIds, MetricsJob, MlflowRunTracker, SendNow, TagsJob, sync_unsent, unsent_folder
+from facegan.tracking.run_writer import (
+    CheckpointIds, CheckpointJob, MetricsJob, MlflowRunTracker, SendNow, TagsJob, sync_unsent, unsent_folder,
+)
 from facegan.tracking.store import (
     CheckpointRef, connect, get_run, latest_run_id, mark_model_training, resolve_model, run_checkpoints,
 )
@@ -132,6 +134,17 @@ class MlflowRunSource:
         """A checkpoint's LoggedModel id; for one the run has just written, once it was sent."""
         return checkpoint.model_id or self.model_ids.get(checkpoint.epoch)
 
+    def log_generator(self, path: Path, epoch: int) -> str:
+        """Log a facegan checkpoint file as this run's model at ``epoch`` (as training logs its
+        checkpoints); returns the model's id, which the run's scores at that epoch then link to."""
+        job = CheckpointJob(self.client, self.run_id, self.run.info.experiment_id, epoch, Path(path), self.model_ids)
+        self.outbox.submit(job)
+        return job.model_id
+
+    def finish(self, status: str) -> None:
+        """Mark the run ended (runs this source made, such as :func:`imported_run`'s)."""
+        self.client.set_terminated(self.run_id, status=status)
+
     # -- scores ------------------------------------------------------------------------------
 
     def scored_num_samples(self, space: str) -> int | None:
@@ -206,3 +219,35 @@ class MlflowRunSource:
             evaluation.registered, evaluation.registration_lines = registration.uri, registration.lines()
         self.client.log_dict(self.run_id, evaluation.to_json(), f"evaluation/{space}_summary.json")
         return evaluation.registered
+
+
+IMPORTED_EXPERIMENT = "facegan-imported"  # where runs made by other code are logged when their choice is registered
+IMPORT_KIND = "import"  # the tag facegan.kind of such a run
+
+
+def imported_run(tracking_uri: str | None, name: str, params: dict[str, str]) -> MlflowRunSource:
+    """A new run (tag ``facegan.kind=import``, experiment ``facegan-imported``) for checkpoints
+    made by other code (``facegan evaluate --checkpoints``): their scores are logged to it as a
+    training run's are, and the checkpoint chosen is logged as its model
+    (:meth:`MlflowRunSource.log_generator`) so that it can be registered."""
+    from facegan.tracking.store import training_experiment
+
+    client = connect(tracking_uri)
+    experiment_id = training_experiment(client, IMPORTED_EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=name, tags={"facegan.kind": IMPORT_KIND})
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+    return MlflowRunSource(client, run.info.run_id)
+
+
+def active_run_log() -> MlflowRunSource:
+    """The active MLflow run (``mlflow.start_run()``) as the log of a :class:`facegan.judge.Judge`:
+    scores, tags, the table, the plot and the registered choice go to it exactly as
+    ``facegan train --evaluate`` logs them into a facegan run.
+
+    Raises:
+        FaceganError: no run is active.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise FaceganError("no active MLflow run: call mlflow.start_run() before active_run_log()")
+    return MlflowRunSource(connect(mlflow.get_tracking_uri()), run.info.run_id)
