@@ -46,7 +46,7 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     assert "not comparable with published FIDs" in proc.stdout
     assert "<- best" in proc.stdout
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set
     history = client.get_metric_history(trained_run, "random/fid")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     by_epoch = {c["epoch"]: c for c in result["checkpoints"]}
@@ -183,7 +183,7 @@ def test_bad_evaluate_input_is_one_clear_error(cli, tracking_uri, planted, tmp_p
     check(["--samples", planted / "collapse", "--real", planted / "real", "--features", "nope"], r"unknown feature space")
 
     # A run without checkpoints.
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set
     run = client.create_run(client.create_experiment("e2e-empty"))
     check(["--run", run.info.run_id, "--tracking-uri", tracking_uri], r"has no generator checkpoints")
 

@@ -23,7 +23,7 @@ def test_the_tutorials_three_objectives_as_one_study(cli, tracking_uri, tmp_path
                    "--checkpoint-every", 1, "--experiment", "e2e-study", "--run-name", config,
                    "--tracking-uri", tracking_uri, env=env)
         runs[config] = run_id_of(proc)
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set
     # One run was already scored in this space: the study takes its scores as they are.
     cli("evaluate", "--run", runs["tutorial_wgan"], "--features", "random", "--num-samples", 40, "--register", "none",
         "--tracking-uri", tracking_uri, "--quiet", env=env)

@@ -26,7 +26,7 @@ def test_train_scores_each_checkpoint_as_evaluate_would(cli, tracking_uri, tmp_p
                "--tracking-uri", tracking_uri, env=env)
     run_id = run_id_of(proc)
     assert "best checkpoint: epoch" in proc.stderr and "registered: models:/e2e-train-evaluate@best" in proc.stderr
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set
     assert metric_steps(client, run_id, "random/fid") == [1, 2, 3]
     tags = client.get_run(run_id).data.tags
     assert tags["facegan.num_samples.random"] == "40" and tags["facegan.stopped"] == "no"
@@ -64,7 +64,7 @@ def test_stop_after_checkpoints_without_a_new_best_then_resume(cli, tracking_uri
                "--experiment", "e2e-stop", "--tracking-uri", tracking_uri, env=env)
     run_id = run_id_of(proc)
     assert "stopped early at epoch 3 of 6" in proc.stderr and f"facegan train --resume {run_id}" in proc.stderr
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["facegan.stopped"] == "patience" and run.data.tags["facegan.stopped_epoch"] == "3"
@@ -100,6 +100,6 @@ def test_bad_evaluate_values_fail_before_any_training(cli, tracking_uri, tmp_pat
         proc = cli("train", *TINY_TRAIN, "--epochs", 2, *args, "--experiment", "e2e-bad-evaluate",
                    "--tracking-uri", tracking_uri, check=False)
         assert_clean_error(proc, message)
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set
     experiment = client.get_experiment_by_name("e2e-bad-evaluate")
     assert experiment is None or not client.search_runs([experiment.experiment_id])  # no run was started
