@@ -206,7 +206,7 @@ def test_bad_evaluate_input_is_one_clear_error(cli, tracking_uri, planted, tmp_p
     check(["--run", "0123456789abcdef", "--tracking-uri", tracking_uri], r"no MLflow run with id")
     check(["--samples", tmp_path / "missing", "--real", planted / "real"], r"no such folder")
     check(["--samples", planted / "collapse"], r"--samples needs --real")
-    check([], r"give one of --run RUN_ID\|latest .*--experiment NAME, or --samples DIR")
+    check([], r"give one of --run RUN_ID\|latest .*--experiment NAME, --samples DIR or --checkpoints PATTERN")
     empty = tmp_path / "empty"
     (empty / "5").mkdir(parents=True)
     check(["--samples", empty, "--real", planted / "real", "--features", "random"], r"no sample folder .* could be scored")
