@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from facegan.common import atomic_write, error_text, torch_load_failure
+from facegan.common import atomic_write, error_text, saved_program, torch_load_failure
 from facegan.errors import FaceganError
 from facegan.models import Generator, NetworkConfig, build_generator
 
@@ -51,6 +51,9 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, name: str | No
     name = name or str(path)
     if not path.is_file():
         raise FaceganError(f"checkpoint not found: {name}")
+    program = saved_program(path)  # before torch.load, which warns about a TorchScript file, then fails
+    if program is not None:
+        raise FaceganError(f"{name} is not a facegan checkpoint: it is {program}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from facegan.checkpoint import GENERATOR_FILE, load_generator
-from facegan.common import file_sha256, to_uint8
+from facegan.common import file_sha256, saved_program, to_uint8
 from facegan.config import DEFAULT_MODEL_URI
 from facegan.errors import FaceganError
 from facegan.models import Generator
@@ -27,6 +27,8 @@ GRID_FILE = "grid.png"
 GRID_MAX_IMAGES = 256  # a grid of every image of a large -n would be hundreds of megapixels
 _OUR_FILE = re.compile(r"\d{6}\.png|grid\.png")
 _RENDER_BATCH = 256
+MODEL_TAKES = ("--model takes a generator checkpoint (a run's generator.pt, or the model folder holding it), "
+               "models:/NAME@ALIAS, models:/m-<id>, or runs:/RUN_ID[/EPOCH]")
 
 
 @dataclass
@@ -71,6 +73,9 @@ def load_model(spec: str = DEFAULT_MODEL_URI, tracking_uri: str | None = None) -
         # Local files skip facegan.tracking: importing mlflow alone takes seconds.
         path = Path(spec)
         path = path / GENERATOR_FILE if path.is_dir() else path
+        program = saved_program(path)
+        if program is not None:
+            raise FaceganError(f"{spec} is {program}, not a generator checkpoint; {MODEL_TAKES}")
         generator, payload = load_generator(path)
         return LoadedModel(generator, payload, spec, file_sha256(path))
 
@@ -162,10 +167,11 @@ def generate(model: LoadedModel, n: int, out: str | Path, *, seed: int, truncati
              force: bool = False) -> list[Path]:
     """Render ``n`` faces from ``model`` into ``out``; returns the paths of the numbered PNGs.
 
-    Writes ``000000.png``, ``000001.png``, ... and ``grid.png`` with the first 256 faces. Faces
-    are rendered and written in batches, so memory does not grow with ``n``.
+    Writes ``000000.png``, ``000001.png``, ... and ``grid.png`` with the first 256 faces (small
+    faces enlarged, :func:`facegan.common.enlarge_grid`, as training's sample grids). Faces are
+    rendered and written in batches, so memory does not grow with ``n``.
     """
-    from facegan.common import images_to_grid
+    from facegan.common import enlarge_grid, images_to_grid
 
     if n < 1:
         raise FaceganError(f"-n must be at least 1, got {n}")
@@ -180,5 +186,5 @@ def generate(model: LoadedModel, n: int, out: str | Path, *, seed: int, truncati
             Image.fromarray(image).save(paths[-1])
         grid_images += list(images[:GRID_MAX_IMAGES - len(grid_images)])
     grid = torch.from_numpy(np.stack(grid_images)).permute(0, 3, 1, 2)  # the PNGs' own bytes
-    Image.fromarray(images_to_grid(grid)).save(out / GRID_FILE)
+    Image.fromarray(enlarge_grid(images_to_grid(grid))).save(out / GRID_FILE)
     return paths

@@ -75,17 +75,22 @@ def real_images(dataset: Dataset) -> RealImages:
 
 def load_real(real: str, image_size: int, progress: bool) -> Dataset:
     """``--real``: a dataset file as it is, the tutorial's ``data/`` folder of batches (read upright,
-    :func:`facegan.imported.load_tutorial_data`), or every image of a folder resized to ``image_size``.
+    :func:`facegan.imported.load_tutorial_data`), every image of a folder resized to ``image_size``,
+    or ``synthetic``: the built-in faces at ``image_size``, as ``--data synthetic`` gives them (with
+    fresh renders as held-out images, :func:`real_images`).
 
     Sizes need not match the samples': every feature extractor resizes to its own input.
     """
+    if real == "synthetic":
+        return load_data("synthetic", image_size=image_size, progress=progress)
     path = Path(real)
     if path.is_dir() and is_tutorial_data(path):
         return load_tutorial_data(path)
     if path.is_dir():
         return prepare_folder(path, image_size=image_size, per_identity=_ALL, limit=_ALL, crop=1.0, progress=progress)
     if not path.is_file():
-        raise FaceganError(f"--real {real}: no such file or folder")
+        raise FaceganError(f"--real {real}: no such file or folder (give a file from `facegan prepare`, an image "
+                           "folder, or synthetic)")
     return load_dataset(path)
 
 
@@ -131,6 +136,31 @@ def score_run(run: str, options: ScoringOptions, *, real: str | None = None, tra
         evaluation.run_id = source.run_id
         record(source, evaluation, options.register)
     return evaluation
+
+
+def reuse_note(evaluation: Evaluation) -> str | None:
+    """One line for people saying which scores were read back from the run instead of computed
+    (None when every checkpoint was scored now): a second ``evaluate --run`` that scores nothing
+    new should say so, rather than print the same table as if it had worked.
+
+    Example:
+        >>> from evaluation.ranking import Scored
+        >>> class Done:  # the parts of an Evaluation this reads
+        ...     features, num_samples = "random", 2000
+        ...     checkpoints = [Scored(1, "a", {}, reused=True), Scored(2, "b", {}, reused=True)]
+        >>> reuse_note(Done())
+        'all 2 checkpoints were already scored in random at 2000 samples; nothing new was scored (--force scores them again)'
+    """
+    total = len(evaluation.checkpoints)
+    reused = sum(c.reused for c in evaluation.checkpoints)
+    if not reused:
+        return None
+    where = f"in {evaluation.features} at {evaluation.num_samples} samples"
+    if reused == total:
+        every = "the one checkpoint was" if total == 1 else f"all {total} checkpoints were"
+        return f"{every} already scored {where}; nothing new was scored (--force scores them again)"
+    return (f"{reused} of {total} checkpoints {'was' if reused == 1 else 'were'} already scored {where} and kept; "
+            f"{total - reused} {'was' if total - reused == 1 else 'were'} scored now (--force scores all again)")
 
 
 def _run_data(checkpoints, real: str | None, progress: bool) -> Dataset:

@@ -200,21 +200,26 @@ class FaceEditor:
             raise BadRequest(f"unknown parameter {unknown[0]!r}; expected only z")
         if len(params.get("z", [])) != 1:
             raise BadRequest("expected one parameter z=<comma-separated numbers>")
-        texts = params["z"][0].split(",")
         latent_dim = self.generator.latent_dim
-        if len(texts) != latent_dim:
-            raise BadRequest(f"z has {len(texts)} values; this model takes {latent_dim}")
-        values = np.empty(latent_dim, dtype=np.float32)
+        takes = f"this model takes {latent_dim} comma-separated numbers"
+        if not params["z"][0].strip():
+            raise BadRequest(f"z is empty; {takes}")
+        texts = params["z"][0].split(",")
+        # Every value is read before the count is checked, so that `z=abc` is named as no number
+        # rather than reported as too few values.
+        values = np.empty(len(texts), dtype=np.float32)
         for i, text in enumerate(texts):
             try:
                 value = float(text)
             except ValueError:
-                raise BadRequest(f"z[{i}] is not a number: {text[:20]!r}") from None
+                raise BadRequest(f"z[{i}] is not a number: {text[:20]!r}; {takes}") from None
             if not math.isfinite(value):
                 raise BadRequest(f"z[{i}] is {text.strip()}; values must be finite")
             if abs(value) > MAX_ABS_LATENT:
                 raise BadRequest(f"z[{i}] = {value:g} is beyond ±{MAX_ABS_LATENT:g}")
             values[i] = value
+        if len(texts) != latent_dim:
+            raise BadRequest(f"z has {len(texts)} value{'s' if len(texts) != 1 else ''}; {takes}")
         return values
 
     def render_png(self, z: np.ndarray) -> bytes:

@@ -67,10 +67,12 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     assert version.source.startswith("models:/m-")
     assert client.get_logged_model(version.source[len("models:/"):]).params["epoch"] == str(result["best_epoch"])
 
-    # Idempotent: a second call scores nothing again; --force does.
-    cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40,
-        "--tracking-uri", tracking_uri, "--quiet", env=env)
+    # Idempotent: a second call scores nothing again, and says so; --force does.
+    proc = cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40,
+               "--tracking-uri", tracking_uri, "--quiet", env=env)
     assert len(client.get_metric_history(trained_run, "random/fid")) == 4
+    assert proc.stderr.splitlines() == ["all 4 checkpoints were already scored in random at 40 samples; nothing new "
+                                        "was scored (--force scores them again)"], proc.stderr
     cli("evaluate", "--run", "latest", "--features", "random", "--num-samples", 40, "--force",
         "--json", "forced.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
     assert len(client.get_metric_history(trained_run, "random/fid")) == 8
@@ -92,6 +94,17 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     assert warning == (f"warning: skipping generator-epoch-0003: checkpoint generator-epoch-0003 (epoch 3) of run "
                        f"{trained_run} is not a readable facegan checkpoint: it is not a PyTorch file"), warning
     assert "facegan-evaluate-" not in proc.stderr
+
+    # Trained on, the run's new checkpoint is scored and the others kept, and the line says how many.
+    logged = len(client.get_metric_history(trained_run, "random/fid"))
+    cli("train", "--resume", trained_run, "--epochs", 5, "--tracking-uri", tracking_uri, "--quiet")
+    proc = cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40, "--json", "resumed.json",
+               "--tracking-uri", tracking_uri, "--quiet", env=env)
+    assert ("4 of 5 checkpoints were already scored in random at 40 samples and kept; 1 was scored now "
+            "(--force scores all again)") in proc.stderr.splitlines(), proc.stderr
+    assert [c["epoch"] for c in json.loads((tmp_path / "resumed.json").read_text())["checkpoints"]] == [1, 2, 3, 4, 5]
+    history = client.get_metric_history(trained_run, "random/fid")
+    assert len(history) == logged + 1 and max(m.step for m in history) == 5
 
     # The registered choice feeds `facegan generate`.
     out = tmp_path / "faces"
@@ -155,6 +168,26 @@ def test_samples_mode_finds_the_planted_onset(cli, planted, tmp_path, kind):
         assert scores[50]["precision"] > 0.5 * scores[40]["precision"]
 
 
+def test_real_synthetic_is_the_built_in_faces_with_their_held_out_renders(cli, planted, tmp_path):
+    import torch
+
+    from evaluation.encoder import Encoder, save_encoder
+
+    # A tiny random feature network: the 2000 real faces and 1000 held-out ones embed in seconds.
+    torch.manual_seed(0)
+    save_encoder(Encoder(width=4), tmp_path / "tiny.pt2")
+    env = {"FACEGAN_CACHE_DIR": str(tmp_path / "cache")}
+    # The same faces by another road: `prepare synthetic` at the samples' size, with 1000 held out.
+    cli("prepare", "synthetic", "--out", "real.pt", "--size", 32, "--holdout", 1000, "--quiet")
+    args = ("evaluate", "--samples", planted / "late", "--features", f"export:{tmp_path / 'tiny.pt2'}", "--quiet")
+    # Before: "--real synthetic: no such file or folder".
+    proc = cli(*args, "--real", "synthetic", "--json", "synthetic.json", env=env)
+    cli(*args, "--real", "real.pt", "--json", "file.json", env=env)
+    built_in = json.loads((tmp_path / "synthetic.json").read_text())
+    assert built_in == json.loads((tmp_path / "file.json").read_text())
+    assert "from held-out real images (1000)" in proc.stdout  # the copying check's chance level
+
+
 def test_real_features_are_cached_on_disk(cli, planted, tmp_path):
     env = {"FACEGAN_CACHE_DIR": str(tmp_path / "cache")}
     args = ("evaluate", "--samples", planted / "collapse", "--real", planted / "real", "--features", "random", "--quiet")
@@ -173,7 +206,7 @@ def test_bad_evaluate_input_is_one_clear_error(cli, tracking_uri, planted, tmp_p
     check(["--run", "0123456789abcdef", "--tracking-uri", tracking_uri], r"no MLflow run with id")
     check(["--samples", tmp_path / "missing", "--real", planted / "real"], r"no such folder")
     check(["--samples", planted / "collapse"], r"--samples needs --real")
-    check([], r"give one of --run RUN_ID\|latest .*--experiment NAME, or --samples DIR")
+    check([], r"give one of --run RUN_ID\|latest .*--experiment NAME, --samples DIR or --checkpoints PATTERN")
     empty = tmp_path / "empty"
     (empty / "5").mkdir(parents=True)
     check(["--samples", empty, "--real", planted / "real", "--features", "random"], r"no sample folder .* could be scored")

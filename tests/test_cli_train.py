@@ -115,11 +115,13 @@ def test_unreachable_tracking_server_fails_before_training(cli):
     "args, message",
     [
         (["--data", "does/not/exist"], r"does/not/exist"),
-        (["--image-size", "100"], r"supported sizes: 32, 40, 64, 80, 128, 160"),
+        # Option values out of range are usage errors (test_cli_errors.py); the same values
+        # from --set or a config file are config errors, as here.
+        (["--set", "model.image_size=100"], r"supported sizes: 32, 40, 64, 80, 128, 160"),
         (["--set", "train.lr_g=-1"], r"train.lr_g must be positive"),
         (["--set", "train.nope=1"], r"unknown config key 'train.nope'"),
         (["--set", "oops"], r"--set expects key=value"),
-        (["--epochs", "0"], r"train.epochs must be positive"),
+        (["--set", "train.epochs=0"], r"train.epochs must be positive"),
         (["--config", "missing.toml"], r"config file not found"),
     ],
 )

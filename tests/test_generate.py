@@ -8,10 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from torchvision.utils import make_grid
 
 from conftest import TINY_TRAIN, assert_clean_error, run_id_of
 from facegan.checkpoint import save_checkpoint
 from facegan.cli import main
+from facegan.common import enlarge_grid
 from facegan.generate import load_model, render, sample_latents
 from facegan.models import Generator, NetworkConfig
 
@@ -69,8 +71,14 @@ def test_generate_writes_numbered_pngs_and_a_grid(cli, checkpoint, tmp_path):
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == [f"{i:06d}.png" for i in range(5)] + ["grid.png"]
     assert {pixels(tmp_path / "a" / f).shape for f in files[:5]} == {(32, 32, 3)}
-    # torchvision's grid: 3 columns and 2 rows of 32 px with 2 px padding around each cell.
-    assert pixels(tmp_path / "a" / "grid.png").shape == (2 * 34 + 2, 3 * 34 + 2, 3)
+    # torchvision's grid of the PNGs (3 columns and 2 rows of 32 px, 2 px padding around each
+    # cell: 104 x 70 px), each pixel repeated 5 times (nearest neighbour): the smallest whole
+    # enlargement to at least 512 px wide, as training's sample grids.
+    cells = torch.from_numpy(np.stack([pixels(tmp_path / "a" / f) for f in files[:5]])).permute(0, 3, 1, 2)
+    small = make_grid(cells, nrow=3, padding=2).permute(1, 2, 0).numpy()
+    assert small.shape == (70, 104, 3)
+    enlarged = np.asarray(Image.fromarray(small).resize((5 * 104, 5 * 70), Image.Resampling.NEAREST))
+    assert np.array_equal(pixels(tmp_path / "a" / "grid.png"), enlarged)
 
     # The images are the generator's output for sample_latents(seed) (truncation included).
     model = load_model(str(checkpoint))
@@ -86,6 +94,13 @@ def test_generate_writes_numbered_pngs_and_a_grid(cli, checkpoint, tmp_path):
     truncated = render(model.generator, sample_latents(5, 16, seed=1, truncation=0.3))
     assert np.array_equal(np.stack([pixels(tmp_path / "t" / f) for f in files[:5]]), truncated)
     assert not np.array_equal(truncated, expected)
+
+
+def test_grids_wide_enough_are_kept_as_they_are():
+    wide = np.arange(512 * 600 * 3, dtype=np.int64).astype(np.uint8).reshape(512, 600, 3)
+    assert enlarge_grid(wide) is wide
+    narrow = wide[:100, :171]  # 171 px: three times is 513, the first whole factor reaching 512
+    assert np.array_equal(enlarge_grid(narrow), np.kron(narrow, np.ones((3, 3, 1), dtype=np.uint8)))
 
 
 def test_generate_never_overwrites_files_silently(checkpoint, tmp_path):
@@ -105,8 +120,8 @@ def test_generate_never_overwrites_files_silently(checkpoint, tmp_path):
     "args, message",
     [
         (["-n", "0"], r"Invalid value for '-n'"),
-        (["--truncation", "0"], r"truncation must be a positive number"),
-        (["--truncation", "nan"], r"truncation must be a positive number"),
+        (["--truncation", "0"], r"Invalid value for '--truncation': must be a positive number, got 0"),
+        (["--truncation", "nan"], r"Invalid value for '--truncation': must be a positive number, got nan"),
         (["--model", "missing.pt"], r"checkpoint not found: missing.pt"),
         (["--model", "{damaged}"], r"not a readable facegan checkpoint"),
         (["--model", "models:/nope@best", "--tracking-uri", "{store}"], r"cannot load model models:/nope@best"),

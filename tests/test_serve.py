@@ -71,7 +71,7 @@ def test_generate_returns_a_png_of_the_model_size(server):
 @pytest.mark.parametrize(
     "path, message",
     [
-        (latent_query([0] * (LATENT_DIM - 1)), "z has 15 values; this model takes 16"),
+        (latent_query([0] * (LATENT_DIM - 1)), "z has 15 values; this model takes 16 comma-separated numbers"),
         (latent_query([0] * (LATENT_DIM + 1)), "z has 17 values"),
         (latent_query(["nan"] + [0] * (LATENT_DIM - 1)), "z[0] is nan; values must be finite"),
         (latent_query([0, "inf"] + [0] * (LATENT_DIM - 2)), "z[1] is inf"),
@@ -79,8 +79,13 @@ def test_generate_returns_a_png_of_the_model_size(server):
         (latent_query([0] * (LATENT_DIM - 1) + [10.5]), "z[15] = 10.5 is beyond ±10"),
         (latent_query([0] * (LATENT_DIM - 1) + ["-1e300"]), "z[15] = -1e+300 is beyond ±10"),
         (latent_query(["abc"] + [0] * (LATENT_DIM - 1)), "z[0] is not a number: 'abc'"),
+        # One value that is no number is named as such, not counted as a latent one value long.
+        ("/generate?z=abc", "z[0] is not a number: 'abc'; this model takes 16 comma-separated numbers"),
+        ("/generate?z=0.5,x", "z[1] is not a number: 'x'"),
+        ("/generate?z=0.5", "z has 1 value; this model takes 16 comma-separated numbers"),
         (latent_query(["%ZZ"] + [0] * (LATENT_DIM - 1)), "z[0] is not a number"),
-        ("/generate?z=", "z has 1 values"),
+        ("/generate?z=", "z is empty; this model takes 16"),
+        ("/generate?z=%20", "z is empty"),
         ("/generate", "expected one parameter z"),
         ("/generate?z=1&z=2", "expected one parameter z"),
         (latent_query([0] * LATENT_DIM) + "&size=1024", "unknown parameter 'size'"),

@@ -33,11 +33,15 @@ def main():
     """Train face GANs, score every checkpoint, and keep the best one before mode collapse.
 
     \b
-    Typical session:
-      facegan train --config experiments/quick.toml --evaluate random  # train, scored as it goes (offline)
-      facegan evaluate --run latest --features inception  # standard FID (downloads weights once; offline: --features random)
+    Typical session, offline first:
+      facegan train --config experiments/quick.toml --evaluate random  # train, each checkpoint scored (offline)
+      facegan encoder --image-size 32 --out encoder.pt2  # learn a feature space from the faces (offline)
+      facegan evaluate --run latest --features export:encoder.pt2  # score the run in it (offline)
       {mlflow} ui --backend-store-uri sqlite:///mlflow.db  # browse, under "Model training"
-      facegan serve --model models:/facegan-generator@best
+      facegan serve --model models:/facegan-generator@best  # the face editor on the best checkpoint
+    \b
+    Standard FID, comparable with published figures, needs a download:
+      facegan evaluate --run latest --features inception  # downloads the Inception weights once
     """
 
 

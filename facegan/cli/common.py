@@ -1,8 +1,10 @@
-"""What every subcommand shares: the one error contract and the help texts used by several."""
+"""What every subcommand shares: the one error contract, the ranges options are checked against,
+and the help texts used by several."""
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -22,6 +24,44 @@ def friendly_errors(func):
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+# One rule for option values: a value outside a range known when the options are parsed is click's
+# usage error (exit 2, with the Usage block); a value from --set or a config file is a config
+# error (exit 1, one Error line). The ranges below are those the library enforces; they are
+# written out here rather than imported, to keep torch out of parsing and --help (tests check
+# they agree).
+MIN_PREPARE_SIZE = 8  # facegan.folders.MIN_PREPARE_SIZE
+MIN_SYNTHETIC_SIZE = 16  # facegan.synthetic.MIN_SYNTHETIC_SIZE
+
+
+class _SeedRange(click.IntRange):
+    """Seeds: non-negative, as numpy's; below 2**63, since training adds offsets to a seed and
+    torch's generators take at most 2**64 - 1."""
+
+    def __init__(self):
+        super().__init__(0, 2**63 - 1)
+
+    def _describe_range(self) -> str:
+        return "0<=x<2**63"
+
+
+SEED = _SeedRange()
+
+
+def check_synthetic_size(source: str, size: int, option: str) -> None:
+    """The built-in faces' smallest size, checked once ``source`` is known (an argument or another
+    option, which click may parse after ``option``): a usage error, as the option's own range."""
+    if source == "synthetic" and size < MIN_SYNTHETIC_SIZE:
+        raise click.BadParameter(f"{size} is smaller than {MIN_SYNTHETIC_SIZE}, the smallest size of the built-in "
+                                 "synthetic faces", param_hint=f"'{option}'")
+
+
+def positive_number(ctx, param, value: float | None) -> float | None:
+    """A click callback: ``value`` must be a positive, finite number (or not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive number, got {value:g}")
+    return value
 
 
 def mlflow_command() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from facegan.cli.common import echo, friendly_errors
+from facegan.cli.common import MIN_PREPARE_SIZE, SEED, check_synthetic_size, echo, friendly_errors
 
 
 @click.command()
@@ -12,16 +12,16 @@ from facegan.cli.common import echo, friendly_errors
               help="Real images: `synthetic`, a file from `facegan prepare`, or an image folder.")
 @click.option("--num-images", type=click.IntRange(min=2), default=2000, show_default=True,
               help="Images used (as `facegan train --num-images`).")
-@click.option("--image-size", type=int, default=80, show_default=True,
+@click.option("--image-size", type=click.IntRange(min=MIN_PREPARE_SIZE), default=80, show_default=True,
               help="Size the data is loaded at, as the run's; the encoder itself sees 32 x 32.")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the built-in synthetic faces.")
+@click.option("--data-seed", type=SEED, default=0, show_default=True, help="Seed of the built-in synthetic faces.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="File to write, e.g. encoder.pt2: a torch.export program (with its input size as the extra file "
                    "input_size), for --features export:OUT; a name ending in .pt writes TorchScript (deprecated by "
                    "PyTorch) for --features torchscript:OUT.")
 # 60 is EncoderSettings.epochs (tests check they agree); not imported here, to keep torch out of --help.
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True, help="Training epochs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the encoder's training.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the encoder's training.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
@@ -35,6 +35,7 @@ def encoder(data, num_images, image_size, data_seed, out, epochs, seed, force, q
     for a .pt file); train it once per dataset and keep the file, since scores from two encoders
     are not comparable. About 4 minutes for 2000 images on 2 CPU cores.
     """
+    check_synthetic_size(data, image_size, "--image-size")
     import time
     from pathlib import Path
 

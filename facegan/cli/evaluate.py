@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from facegan.cli.common import FEATURES_HELP, TRACKING_URI_HELP, friendly_errors
-from facegan.config import DEFAULT_REGISTERED_NAME
+from facegan.cli.common import FEATURES_HELP, TRACKING_URI_HELP, echo, friendly_errors
+from facegan.config import DEFAULT_REGISTERED_NAME, MIN_NUM_SAMPLES
 from facegan.errors import FaceganError
 
 
@@ -21,8 +21,8 @@ from facegan.errors import FaceganError
                    "the tutorial's gzip'd state dicts, pytorch/examples' DCGAN netG_epoch_N.pth, facegan's own, "
                    "torch.export .pt2 programs, or your own architecture with --factory.")
 @click.option("--real", type=click.Path(), help="Real images: a dataset file, an image folder, the tutorial's data/ "
-              "folder, or `synthetic`. Required with --samples and --checkpoints; with --run it replaces the run's "
-              "own training data.")
+              "folder, or `synthetic` (the built-in faces, as --data synthetic). Required with --samples and "
+              "--checkpoints; with --run it replaces the run's own training data.")
 @click.option("--factory", metavar="MODULE:FUNCTION",
               help="With --checkpoints: your generator's architecture, a function (importable from the working "
                    "folder) returning the nn.Module each state dict is loaded into; give --latent-shape too.")
@@ -37,7 +37,7 @@ from facegan.errors import FaceganError
 @click.option("--dinov2-weights", type=click.Path(dir_okay=False),
               help="Local DINOv2 ViT-B/14 weights (timm's model.safetensors or Meta's dinov2_vitb14_pretrain.pth) for "
                    "--features dinov2 offline [env: FACEGAN_DINOV2_WEIGHTS].")
-@click.option("--num-samples", type=int,
+@click.option("--num-samples", type=click.IntRange(min=MIN_NUM_SAMPLES),
               help="Samples per checkpoint (--run), drawn from the same fixed latents; at most this many per folder "
                    "(--samples)  [default: --run: the count the run was already scored with in this feature space "
                    "(e.g. by `train --evaluate`), else 2000; --samples: 2000]")
@@ -95,7 +95,7 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
                            "or --checkpoints PATTERN (the last two with --real)")
     for given, option in ((samples, "--samples"), (checkpoints, "--checkpoints")):
         if given and not real:
-            raise FaceganError(f"{option} needs --real FILE|FOLDER: the real images to compare with")
+            raise FaceganError(f"{option} needs --real FILE|FOLDER|synthetic: the real images to compare with")
     if (factory or latent_shape) and not checkpoints:
         raise FaceganError("--factory and --latent-shape describe --checkpoints files; give --checkpoints PATTERN")
     options = ScoringOptions(features=features, inception_weights=inception_weights, dinov2_weights=dinov2_weights,
@@ -129,13 +129,23 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
 
 
 def _print_evaluation(result) -> None:
+    from facegan.scoring import reuse_note
+
+    note = reuse_note(result)
+    if note:
+        echo(note)
     click.echo(result.render_table())
     for line in result.registration_lines:
         click.echo(line)
 
 
 def _print_study(study) -> None:
+    from facegan.scoring import reuse_note
+
     for run in study.runs:
+        note = reuse_note(run.evaluation)
+        if note:
+            echo(f"run {run.run_id}: {note}")
         click.echo(f"== run {run.run_id} ({run.name}, {run.loss})")
         click.echo(run.evaluation.render_table() + "\n")
     click.echo(study.render_table())

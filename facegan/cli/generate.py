@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from facegan.cli.common import MODEL_HELP, TRACKING_URI_HELP, friendly_errors
+from facegan.cli.common import MODEL_HELP, SEED, TRACKING_URI_HELP, friendly_errors, positive_number
 from facegan.config import DEFAULT_MODEL_URI
 
 
@@ -12,8 +12,8 @@ from facegan.config import DEFAULT_MODEL_URI
 @click.option("--model", "model_spec", default=DEFAULT_MODEL_URI, metavar="URI|FILE", help=MODEL_HELP)
 @click.option("-n", "num_images", type=click.IntRange(min=1), default=64, show_default=True, help="Number of faces.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the PNGs into.")
-@click.option("--seed", type=int, help="Latent seed: the same seed and model give the same images [default: random, printed].")
-@click.option("--truncation", type=float, metavar="T",
+@click.option("--seed", type=SEED, help="Latent seed: the same seed and model give the same images [default: random, printed].")
+@click.option("--truncation", type=float, callback=positive_number, metavar="T",
               help="Redraw latent values beyond ±T (truncation trick): typical faces, less variety; e.g. 1.5.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out; replaces the numbered PNGs and grid there.")
 @click.option("--tracking-uri", help=TRACKING_URI_HELP)
@@ -27,7 +27,6 @@ def generate(model_spec, num_images, out, seed, truncation, force, tracking_uri)
 
     from facegan import generate as generating
 
-    generating.validate_truncation(truncation)  # before the model loads, which can take seconds
     model = generating.load_model(model_spec, tracking_uri)
     if seed is None:
         seed = secrets.randbelow(2**31)

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from facegan.cli.common import FEATURES_HELP, TRACKING_URI_HELP, echo, friendly_errors, mlflow_command
+from facegan.architecture import SUPPORTED_IMAGE_SIZES
+from facegan.cli.common import FEATURES_HELP, SEED, TRACKING_URI_HELP, echo, friendly_errors, mlflow_command
 from facegan.errors import FaceganError
 
 # CLI option name -> config key
@@ -34,13 +35,13 @@ _OPTION_KEYS = {
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see experiments/*.toml).")
 @click.option("--data", help="`synthetic` (default), a file from `facegan prepare`, or an image folder.")
 @click.option("--loss", type=click.Choice(["dcgan", "wgan", "wgan-gp"]), help="Objective [default: wgan-gp].")
-@click.option("--epochs", type=int, help="Epochs to train [default: 10000, as the tutorial].")
-@click.option("--batch-size", type=int, help="Minibatch size [default: 64].")
-@click.option("--image-size", type=int, help="Image size: 32, 40, 64, 80, 128 or 160 [default: 80].")
-@click.option("--num-images", type=int, help="Training images used [default: 2000].")
-@click.option("--checkpoint-every", type=int, help="Epochs between generator checkpoints [default: 100].")
-@click.option("--sample-every", type=int, help="Epochs between sample grids [default: 1].")
-@click.option("--seed", type=int, help="Random seed [default: 0].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train [default: 10000, as the tutorial].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Minibatch size [default: 64].")
+@click.option("--image-size", type=click.Choice(SUPPORTED_IMAGE_SIZES), help="Image size in pixels [default: 80].")
+@click.option("--num-images", type=click.IntRange(min=1), help="Training images used [default: 2000].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), help="Epochs between generator checkpoints [default: 100].")
+@click.option("--sample-every", type=click.IntRange(min=1), help="Epochs between sample grids [default: 1].")
+@click.option("--seed", type=SEED, help="Random seed [default: 0].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto: CUDA when present].")
 @click.option("--experiment", help="MLflow experiment name [default: facegan].")
 @click.option("--tracking-uri", help=TRACKING_URI_HELP)
