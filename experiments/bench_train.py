@@ -13,8 +13,9 @@ step, 4 times as strong); ``experiments/bench_lazy_penalty.py`` checks what that
 
 On a GPU, facegan's step captured as CUDA graphs (``train.compile = cuda-graphs``,
 :mod:`facegan.step_graphs`) runs at minibatches 20, 64 (the default) and 256 with the same 5:1
-mix, beside the eager step; and at 64 with the adaptive schedule decided on the GPU (the mix the
-tutorial's rule chooses, reported as the share of D steps). The captured step takes the dataset's
+mix, beside the eager step; and at 64 with the adaptive schedule (the mix the tutorial's rule
+chooses, reported as the share of D steps), decided on the GPU and, for comparison, by the host
+between graphs. The captured step takes the dataset's
 uint8 minibatches and converts them inside its graph; the eager step is handed float minibatches
 converted beforehand (as ``run_epoch`` does outside the step).
 
@@ -35,13 +36,12 @@ import time
 import torch
 from torch import nn
 
-from facegan.config import load_config
-from facegan.synthetic import synthetic_faces
-from facegan.common import select_device
-from facegan.step_graphs import StepGraphs, conditional_nodes_missing
-from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
-
 from experiments import provenance
+from facegan.common import select_device
+from facegan.config import load_config
+from facegan.step_graphs import StepGraphs, conditional_nodes_missing
+from facegan.synthetic import synthetic_faces
+from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
 
 TUTORIAL_BATCH = 20
 N_CRITIC = 5
@@ -165,18 +165,20 @@ def eager_images_per_second(loss, batch_size, device, seconds, images, *, bf16=F
     return images_per_second(lambda b, i: gan.step(b, schedule, totals), batches, device, seconds)
 
 
-def captured_images_per_second(loss, batch_size, device, seconds, images, *, schedule="fixed") -> tuple[float, float]:
+def captured_images_per_second(loss, batch_size, device, seconds, images, *, schedule="fixed",
+                               decide_on="device") -> tuple[float, float]:
     """facegan's step as CUDA graphs on uint8 minibatches; ``(images/s, share of D steps)``."""
     cfg = _config(loss, batch_size, device, schedule=schedule)
     torch.manual_seed(0)
     gan = build_gan(cfg, device)
     t = cfg.train
-    graphs = StepGraphs(gan, t.schedule, t.n_critic, t.gp_every, tuple(images.shape[1:]), device, capture=True)
+    graphs = StepGraphs(gan, t.schedule, t.n_critic, t.gp_every, tuple(images.shape[1:]), device, capture=True,
+                        decide_on=decide_on)
     graphs.prepare([batch_size])
     state = Schedule(t.schedule, t.n_critic, t.gp_every)
     batches = [b for b in images.to(device).split(batch_size) if b.shape[0] == batch_size]
     ips = images_per_second(lambda b, i: graphs.step(b, state), batches, device, seconds)
-    d_steps, g_steps = graphs.totals.counts[:2].tolist()
+    d_steps, g_steps = graphs.totals.counts[:2].tolist()  # no epoch ends here: the counts of every step
     return ips, d_steps / max(d_steps + g_steps, 1)
 
 
@@ -214,11 +216,15 @@ def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Te
             eager = result.get("facegan_images_per_s" if batch_size == default_batch else f"facegan_batch{batch_size}_images_per_s")
             if eager:
                 result[f"speedup_{label}_over_eager"] = round(ips / eager, 3)
-        if conditional_nodes_missing() is None:
-            ips, d_share = captured_images_per_second(loss, default_batch, device, seconds, images, schedule="adaptive")
-            result["captured_adaptive_images_per_s"] = round(ips, 2)
-            result["captured_adaptive_batch_size"] = default_batch
-            result["captured_adaptive_d_share"] = round(d_share, 4)
+        # The adaptive schedule, decided on the GPU (conditional nodes) and by the host between graphs.
+        for label, decide_on in (("captured_adaptive", "device"), ("captured_adaptive_host", "host")):
+            if decide_on == "device" and conditional_nodes_missing() is not None:
+                continue
+            ips, d_share = captured_images_per_second(loss, default_batch, device, seconds, images,
+                                                      schedule="adaptive", decide_on=decide_on)
+            result[f"{label}_images_per_s"] = round(ips, 2)
+            result[f"{label}_batch_size"] = default_batch
+            result[f"{label}_d_share"] = round(d_share, 4)
     for key in [k for k in result if k.endswith("_images_per_s") and k != "tutorial_images_per_s"]:
         label = key[: -len("_images_per_s")]
         suffix = label[len("facegan"):] if label.startswith("facegan") else "_" + label
@@ -249,8 +255,8 @@ def main():
               f"{r['ratio']:7.2f} {r['facegan_batch20_images_per_s']:13.1f} {r['ratio_batch20']:7.2f}"
               + "".join(f"\n{'':10} {label}: {r[('facegan_' if not label.startswith('captured') else '') + label + '_images_per_s']:.1f}"
                         f" img/s ({r['ratio_' + label]:.2f}x)" for label in extra)
-              + (f"\n{'':10} captured adaptive: {r['captured_adaptive_d_share']:.1%} D steps"
-                 if "captured_adaptive_d_share" in r else ""),
+              + "".join(f"\n{'':10} {label}: {r[label + '_d_share']:.1%} D steps"
+                        for label in ("captured_adaptive", "captured_adaptive_host") if label + "_d_share" in r),
               flush=True)
     print(json.dumps(results))
 

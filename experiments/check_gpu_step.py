@@ -8,14 +8,15 @@ fails ends the script with its error (non-zero exit), nothing falls back to the 
 2. **captured = uncaptured**: the step captured as CUDA graphs against the same step functions run
    uncaptured (branches decided on the host), cuDNN deterministic, the same seeds: 2 epochs of 512
    faces at 80x80, minibatch 64 (+ a short last one of 32: 544 faces), every objective on the
-   adaptive schedule, WGAN-GP with ``gp_every = 4``, DCGAN on the fixed one. The epochs' figures
+   adaptive schedule decided on the GPU, WGAN-GP with ``gp_every = 4``, DCGAN on the fixed schedule,
+   WGAN-GP decided by the host between graphs (the fallback). The epochs' figures
    and the final weights must agree to 1e-4 (relative) and the D/G step counts exactly; bit for bit
    is expected (the same kernels in the same order).
 3. **no sync inside an epoch**: a captured epoch under ``torch.cuda.set_sync_debug_mode("warn")``
    must make exactly one synchronising call, the epoch's one read of its figures.
 4. **speed**: ``experiments/bench_train.py``'s figures without its bf16 and lazy-penalty rows:
    the tutorial's loop (minibatch 20), the eager and the captured step at 20, 64 and 256 (the
-   same 5 D : 1 G mix), and the captured adaptive step at 64.
+   same 5 D : 1 G mix), and the captured adaptive step at 64, decided on the GPU and by the host.
 5. **end to end**: ``experiments/time_tutorial_run.py``: the tutorial's WGAN-GP run (80x80, 2000
    faces, minibatch 64, adaptive, a grid every epoch, a checkpoint every 100 judged in the inception
    space), ``--e2e-epochs`` measured and extrapolated to 10000; the eager step for comparison.
@@ -55,8 +56,8 @@ from facegan.synthetic import synthetic_faces
 from facegan.training import Schedule, build_gan
 
 SMALL_EPOCHS, SMALL_IMAGES, BATCH = 2, 544, 64
-CASES = [("dcgan", "adaptive", 1), ("wgan", "adaptive", 1), ("wgan-gp", "adaptive", 1), ("wgan-gp", "adaptive", 4),
-         ("dcgan", "fixed", 1)]
+CASES = [("dcgan", "adaptive", 1, "device"), ("wgan", "adaptive", 1, "device"), ("wgan-gp", "adaptive", 1, "device"),
+         ("wgan-gp", "adaptive", 4, "device"), ("dcgan", "fixed", 1, "host"), ("wgan-gp", "adaptive", 1, "host")]
 TOLERANCE = 1e-4
 
 
@@ -64,13 +65,14 @@ def section(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def small_run(loss, schedule, gp_every, capture, images, device):
+def small_run(loss, schedule, gp_every, capture, images, device, decide_on="device"):
     cfg = load_config(overrides={"train.loss": loss, "train.schedule": schedule, "train.gp_every": gp_every,
                                  "train.batch_size": BATCH, "train.device": "cuda"})
     t = cfg.train
     torch.manual_seed(0)
     gan = build_gan(cfg, device)
-    graphs = StepGraphs(gan, t.schedule, t.n_critic, t.gp_every, tuple(images.shape[1:]), device, capture=capture)
+    graphs = StepGraphs(gan, t.schedule, t.n_critic, t.gp_every, tuple(images.shape[1:]), device, capture=capture,
+                        decide_on=decide_on)
     state = Schedule(t.schedule, t.n_critic, t.gp_every)
     metrics = []
     for epoch in range(SMALL_EPOCHS):
@@ -89,10 +91,11 @@ def check_captured_equals_uncaptured(images, device) -> dict:
     torch.backends.cudnn.deterministic = True
     report, failures = {}, []
     try:
-        for loss, schedule, gp_every in CASES:
-            name = f"{loss}-{schedule}" + (f"-gp{gp_every}" if gp_every > 1 else "")
-            reference, ref_weights, _, _ = small_run(loss, schedule, gp_every, False, images, device)
-            captured, cap_weights, _, _ = small_run(loss, schedule, gp_every, True, images, device)
+        for loss, schedule, gp_every, decide_on in CASES:
+            name = f"{loss}-{schedule}" + (f"-gp{gp_every}" if gp_every > 1 else "") + \
+                (f"-decided-on-{decide_on}" if schedule == "adaptive" else "")
+            reference, ref_weights, _, _ = small_run(loss, schedule, gp_every, False, images, device, decide_on)
+            captured, cap_weights, _, _ = small_run(loss, schedule, gp_every, True, images, device, decide_on)
             worst_metric = max(relative(r[k], c[k]) for r, c in zip(reference, captured) for k in r
                                if k not in ("images_per_s", "epoch_seconds"))
             worst_weight = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
@@ -206,11 +209,13 @@ def main() -> None:
             report["speed"][loss] = r
             print(loss, json.dumps(r), flush=True)
         print(f"{'objective':10} {'tutorial':>9} " + " ".join(f"{h:>15}" for h in (
-            "eager b20", "eager b64", "eager b256", "captured b20", "captured b64", "captured b256", "adaptive b64")))
+            "eager b20", "eager b64", "eager b256", "captured b20", "captured b64", "captured b256", "adaptive b64",
+            "host-dec. b64")))
         for loss, r in report["speed"].items():
             cells = [r.get(k) for k in ("facegan_batch20_images_per_s", "facegan_images_per_s", "facegan_batch256_images_per_s",
                                         "captured_batch20_images_per_s", "captured_images_per_s",
-                                        "captured_batch256_images_per_s", "captured_adaptive_images_per_s")]
+                                        "captured_batch256_images_per_s", "captured_adaptive_images_per_s",
+                                        "captured_adaptive_host_images_per_s")]
             print(f"{loss:10} {r['tutorial_images_per_s']:9.0f} " + " ".join(
                 f"{c:8.0f} ({c / r['tutorial_images_per_s']:4.1f}x)" if c else f"{'-':>15}" for c in cells), flush=True)
 

@@ -28,6 +28,11 @@ What that costs, and why:
   ``experiments/RESULTS.md`` measures what that changes. The fixed schedule is known on the host:
   it replays one graph per kind of step and draws exactly what the eager step draws.
 
+Where conditional nodes are missing (a PyTorch built with CUDA before 12.4, ROCm) or their capture
+fails, the adaptive schedule is decided by the host between graphs (``decide_on="host"``): one
+graph for the decision, one per step it can choose; the host reads each decision, a small sync per
+decided minibatch, and the random numbers are drawn where the eager step draws them.
+
 On the CPU (and in tests) the same step functions run uncaptured with the branches evaluated on
 the host (``capture=False``); they then train bit for bit like :meth:`facegan.training.GAN.step`
 given the same random draws (``tests/test_step_graphs.py``).
@@ -64,24 +69,22 @@ def conditional_nodes_missing() -> str | None:
     return None
 
 
-def captured_steps_unavailable(device: torch.device, *, distributed: bool, schedule: str) -> str | None:
+def captured_steps_unavailable(device: torch.device, *, distributed: bool) -> str | None:
     """Why the training step cannot be captured here (None when it can)."""
     if device.type != "cuda":
         return f"CUDA graphs capture GPU work; this run trains on the {device.type.upper()}"
     if distributed:
         return ("several training processes run eagerly: their gradient all-reduce and the adaptive schedule's "
                 "all-reduce of the accuracies are not captured")
-    if schedule == "adaptive":
-        return conditional_nodes_missing()
     return None
 
 
-def use_captured_steps(mode: str, device: torch.device, *, distributed: bool, schedule: str) -> bool:
+def use_captured_steps(mode: str, device: torch.device, *, distributed: bool) -> bool:
     """Whether ``train.compile = mode`` captures the step here; an explicit ``cuda-graphs`` that
     cannot be honoured is an error, ``auto`` then trains eagerly."""
     if mode == "off":
         return False
-    reason = captured_steps_unavailable(device, distributed=distributed, schedule=schedule)
+    reason = captured_steps_unavailable(device, distributed=distributed)
     if mode == CAPTURED and reason is not None:
         raise FaceganError(f"train.compile = {CAPTURED} cannot be used here: {reason}; "
                            "use train.compile = auto (captured where possible) or off")
@@ -135,6 +138,19 @@ class DrawnFirst:
 
     def mix_weights(self, real: torch.Tensor) -> torch.Tensor:
         return self.alpha
+
+
+@dataclass
+class _Latents:
+    """Given latents; the penalty points drawn when asked, as the eager step draws them."""
+
+    z: torch.Tensor
+
+    def latents(self, n: int, latent_dim: int, device) -> torch.Tensor:
+        return self.z
+
+    def mix_weights(self, real: torch.Tensor) -> torch.Tensor:
+        return torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)  # as DrawnNoise
 
 
 class _OnHost:
@@ -259,6 +275,12 @@ class StepGraphs:
         image_shape: one image's shape, channels first (3, S, S).
         device: the training device.
         capture: capture CUDA graphs (CUDA only); else run the step functions as they are.
+        decide_on: the adaptive schedule's decisions: ``"device"``, in the graph (conditional
+            nodes; no sync, latents and penalty points drawn before each minibatch), or
+            ``"host"``: one graph per part of the step (decision, D step, G step) and the host
+            reads each decision (one small sync per decided minibatch; the random numbers are
+            drawn where the eager step draws them, so it trains as the eager step does). The
+            fallback where conditional nodes are missing or fail.
 
     Example (on a GPU)::
 
@@ -267,10 +289,13 @@ class StepGraphs:
     """
 
     def __init__(self, gan, schedule_kind: str, n_critic: int, gp_every: int, image_shape: tuple[int, ...],
-                 device: torch.device, *, capture: bool):
+                 device: torch.device, *, capture: bool, decide_on: str = "device"):
         if capture and device.type != "cuda":
             raise FaceganError(f"CUDA graphs capture GPU work; this run trains on the {device.type.upper()}")
+        if decide_on not in ("device", "host"):
+            raise ValueError(f"decide_on must be device or host, got {decide_on!r}")
         self.gan, self.kind, self.n_critic, self.gp_every = gan, schedule_kind, n_critic, gp_every
+        self.decide_on = decide_on if schedule_kind == "adaptive" else "host"
         self.image_shape, self.device, self.capture = tuple(image_shape), device, capture
         self.penalty = gan.objective.needs_penalty
         self.lazy = self.penalty and gp_every > 1  # some D steps skip the penalty
@@ -282,6 +307,7 @@ class StepGraphs:
         self._host_state: tuple[int, int] | None = None  # what self.state holds, as last exchanged
         self._batches: dict[int, torch.Tensor] = {}  # static uint8 input per minibatch size
         self._noise: dict[int, DrawnFirst] = {}  # adaptive: static latents and penalty points per size
+        self._fakes: dict[int, torch.Tensor] = {}  # decided on the host: the decision's fakes, per size
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._captured_with: list | None = None
         self._savers: dict[tuple[int, ...], _RestoredBuffers] = {}
@@ -375,6 +401,32 @@ class StepGraphs:
             branches.when(to_d_off, lambda: switch_to_d(0.0))
         branches.when(to_g, g_step)
 
+    def _host_decision(self, n: int) -> None:
+        """The decision's part of a decided minibatch (``decide_on="host"``): draws the latents,
+        scores without graphs, books the accuracies and leaves the outcome in ``self.to_d``."""
+        gan = self.gan
+        real = self._real(n)
+        z = self._noise[n].z
+        with torch.no_grad():
+            z.copy_(torch.randn(n, gan.latent_dim, device=self.device))
+            fake = gan.generate(n, self.device, _Latents(z))
+            self._fakes[n] = fake
+            scores_real, scores_fake = gan.score(real), gan.score(fake)
+        acc_g, acc_d = gan.record_scores(scores_real, scores_fake, self.totals)
+        self.to_d.copy_(acc_g / 2 >= acc_d)
+
+    def _host_switch_to_d(self, n: int, penalty_scale: float) -> None:
+        gan, real, fake = self.gan, self._real(n), self._fakes[n]
+        with self._kept_buffers(gan.discriminator):
+            scores_real, scores_fake = gan.score(real), gan.score(fake)
+            gan.d_update(real, fake, scores_real, scores_fake, self.totals, graph_into_g=False,
+                         penalty_scale=penalty_scale)
+
+    def _host_g_step(self, n: int) -> None:
+        gan = self.gan
+        with self._kept_buffers(gan.generator, gan.discriminator):
+            gan.forced_g(n, self.device, self.totals, noise=_Latents(self._noise[n].z))
+
     def _fixed_step(self, n: int, kind: str, penalty_scale: float) -> None:
         """One minibatch of the fixed schedule, whose kind the host knows: no branches, and the
         random numbers drawn where the eager step draws them."""
@@ -385,17 +437,29 @@ class StepGraphs:
             self.gan.forced_g(n, self.device, self.totals)
 
     def _body(self, key: tuple, branches) -> Callable[[], None]:
-        if key[0] == "adaptive":
-            return lambda: self._adaptive_step(key[1], branches)
-        return lambda: self._fixed_step(key[1], key[2], key[3])
+        part, n = key[0], key[1]
+        if part == "adaptive":
+            return lambda: self._adaptive_step(n, branches)
+        if part == "decision":
+            return lambda: self._host_decision(n)
+        if part == "switch_to_d":
+            return lambda: self._host_switch_to_d(n, key[2])
+        if part == "g_after_decision":
+            return lambda: self._host_g_step(n)
+        return lambda: self._fixed_step(n, key[2], key[3])
 
     # -- capture ----------------------------------------------------------------------------------
 
     def _keys(self, sizes: Iterable[int]) -> list[tuple]:
         keys = []
         for n in sizes:
-            if self.kind == "adaptive":
+            if self.kind == "adaptive" and self.decide_on == "device":
                 keys.append(("adaptive", n))
+            elif self.kind == "adaptive":  # decided on the host: the forced D steps, and each part of a decided one
+                keys += [("fixed", n, "d", float(self.gp_every))] + ([("fixed", n, "d", 0.0)] if self.lazy else [])
+                keys += [("decision", n), ("switch_to_d", n, float(self.gp_every))]
+                keys += [("switch_to_d", n, 0.0)] if self.lazy else []
+                keys.append(("g_after_decision", n))
             else:
                 keys += [("fixed", n, "d", float(self.gp_every))] + ([("fixed", n, "d", 0.0)] if self.lazy else [])
                 keys.append(("fixed", n, "g", 0.0))
@@ -407,18 +471,20 @@ class StepGraphs:
         before a capture, where none of that may happen. The run's own state and random stream
         are left as they were."""
         rng = torch.cuda.get_rng_state(self.device)
-        original, savers, state = self.gan, dict(self._savers), self.state.clone()
+        original, savers, state, fakes = self.gan, dict(self._savers), self.state.clone(), dict(self._fakes)
         twin = copy.deepcopy(original)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
             self.gan = twin
             with torch.cuda.stream(stream):
+                if key[0] in ("switch_to_d", "g_after_decision"):
+                    self._host_decision(key[1])  # what these parts start from
                 self._body(key, _Every())()
             torch.cuda.current_stream(self.device).wait_stream(stream)
             torch.cuda.synchronize(self.device)
         finally:
-            self.gan, self._savers = original, savers
+            self.gan, self._savers, self._fakes = original, savers, fakes
             torch.cuda.set_rng_state(rng, self.device)
             self.state.copy_(state)
             self.totals.zero_()
@@ -429,7 +495,7 @@ class StepGraphs:
         for optimizer in optimizers:
             _initialise_optimizer_state(optimizer)
             _steps_on_device(optimizer)
-        graphs = {}
+        graphs, self._graphs, self._fakes = {}, {}, {}
         for key in self._keys(sizes):
             self._warm_up(key)
             graph = torch.cuda.CUDAGraph()
@@ -442,12 +508,14 @@ class StepGraphs:
                 for p in gan.g_params + gan.d_params:  # gradients made in the capture live in its memory pool
                     p.grad = None
             graphs[key] = graph
+        # The later parts of a decided minibatch were captured reading the fakes the decision
+        # graph writes (kept alive here: they live in that graph's memory pool).
         self._graphs = graphs
         self._captured_with = _hyperparameters(optimizers)
 
     def reset(self) -> None:
         """Forget the captured graphs (after the optimisers' state tensors were replaced, e.g. on resume)."""
-        self._graphs = {}
+        self._graphs, self._fakes = {}, {}
         self._captured_with = None
         self._host_state = None
 
@@ -481,23 +549,35 @@ class StepGraphs:
         :meth:`run_epoch` (benchmarks); call :meth:`prepare` with its size first. The device keeps
         the adaptive schedule's state: ``schedule`` is not updated from it here."""
         n = batch.shape[0]
-        if self.kind == "adaptive":
+        if self.decide_on == "device":
             self._load_state(schedule)
         self._batches[n].copy_(batch)
         self._run(n, schedule)
 
-    def _run(self, n: int, schedule) -> None:
-        if self.kind == "adaptive":
-            key = ("adaptive", n)
-            self._draw(n)
-        else:
-            kind = schedule.forced()
-            key = ("fixed", n, kind, schedule.penalty_scale() if kind == "d" else 0.0)
-            schedule.done(kind)
+    def _replay(self, key: tuple) -> None:
         if self.capture:
             self._graphs[key].replay()
         else:
             self._body(key, _OnHost())()
+
+    def _run(self, n: int, schedule) -> None:
+        if self.kind == "adaptive" and self.decide_on == "device":
+            self._draw(n)
+            self._replay(("adaptive", n))
+            return
+        kind = schedule.forced()
+        if kind is None:  # decided on the host: the decision, one read, then the step it chose
+            scale = schedule.penalty_scale()
+            self._replay(("decision", n))
+            if bool(self.to_d):
+                self._replay(("switch_to_d", n, scale))
+                schedule.done("d", switched_to_d=True)
+            else:
+                self._replay(("g_after_decision", n))
+                schedule.done("g")
+            return
+        self._replay(("fixed", n, kind, schedule.penalty_scale() if kind == "d" else 0.0))
+        schedule.done(kind)
 
     def run_epoch(self, images: torch.Tensor, order: torch.Tensor, batch_size: int, schedule,
                   stop=None):
@@ -510,7 +590,7 @@ class StepGraphs:
         total = images.shape[0]
         sizes = {min(batch_size, total - start) for start in range(0, total, batch_size)}
         self.prepare(sizes)
-        if self.kind == "adaptive":
+        if self.decide_on == "device":
             self._load_state(schedule)
         self.totals.zero_()
         on_device = images.device == self.device
@@ -530,7 +610,7 @@ class StepGraphs:
         values = torch.cat([self.totals.sums.double(), self.totals.counts.double(), self.state.double()]).tolist()
         sums = dict(zip(_SUMS, values[:len(_SUMS)]))
         counts = dict(zip(_COUNTS, (int(v) for v in values[len(_SUMS):len(_SUMS) + len(_COUNTS)])))
-        if self.kind == "adaptive":
+        if self.decide_on == "device":
             schedule.d_streak, schedule.penalty_phase = (int(v) for v in values[-2:])
             self._host_state = (schedule.d_streak, schedule.penalty_phase)
         return EpochTotals(**sums, **counts, images=total)

@@ -39,7 +39,7 @@ from facegan.errors import FaceganError
 from facegan.losses import Objective, make_objective
 from facegan.models import build_discriminator, build_generator
 from facegan.run_tracker import STOP_REASON_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG, checkpoint_name
-from facegan.step_graphs import CaptureFailed, StepGraphs, use_captured_steps
+from facegan.step_graphs import CaptureFailed, StepGraphs, conditional_nodes_missing, use_captured_steps
 
 if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays out of its imports
     from facegan.run_tracker import RunTracker
@@ -368,7 +368,7 @@ def check_device_options(cfg: Config, device: torch.device) -> None:
         raise FaceganError("train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation; "
                            "train on GPUs or leave it off (each rank then normalises its own part of the minibatch)")
     # An explicit train.compile = cuda-graphs that cannot be honoured here is an error now, not a surprise later.
-    use_captured_steps(cfg.train.compile, device, distributed=cfg.train.world_size > 1, schedule=cfg.train.schedule)
+    use_captured_steps(cfg.train.compile, device, distributed=cfg.train.world_size > 1)
 
 
 def training_device(cfg: Config, processes: Processes | None = None) -> torch.device:
@@ -554,16 +554,22 @@ class Trainer:
         self.images = _place_dataset(dataset.images, self.device)
         # train.compile: the step captured as CUDA graphs (None: the eager step, GAN.step).
         self.step_graphs: StepGraphs | None = None
-        if use_captured_steps(cfg.train.compile, self.device, distributed=processes.distributed,
-                              schedule=cfg.train.schedule):
-            self.step_graphs = StepGraphs(self.gan, cfg.train.schedule, cfg.train.n_critic, cfg.train.gp_every,
-                                          tuple(dataset.images.shape[1:]), self.device, capture=True)
+        if use_captured_steps(cfg.train.compile, self.device, distributed=processes.distributed):
+            # The adaptive schedule is decided on the GPU where CUDA graph conditional nodes exist,
+            # else by the host between graphs (one small sync per decided minibatch).
+            decide_on = "device" if conditional_nodes_missing() is None else "host"
+            self.step_graphs = self._step_graphs(decide_on)
         self.epoch = 0
         self.snapshot: dict | None = None
         # On resume: steps logged before an interruption are not logged again.
         self.logged_metric_steps: set[int] = set()
         self.logged_image_steps: set[int] = set()
         self.logged_checkpoints: set[int] = set()
+
+    def _step_graphs(self, decide_on: str) -> StepGraphs:
+        t = self.cfg.train
+        return StepGraphs(self.gan, t.schedule, t.n_critic, t.gp_every, tuple(self.dataset.images.shape[1:]),
+                          self.device, capture=True, decide_on=decide_on)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -698,14 +704,19 @@ class Trainer:
         world, rank = self.processes.world_size, self.processes.rank
         n = self.images.shape[0]
         order = torch.randperm(n, generator=self.shuffle_rng)
-        if self.step_graphs is not None:
+        while self.step_graphs is not None:
             try:
                 return self.step_graphs.run_epoch(self.images, order, cfg.batch_size, self.schedule, stop)
             except CaptureFailed as exc:  # raised before the epoch's first minibatch: nothing was trained
-                if cfg.compile == CAPTURED:
+                if self.step_graphs.decide_on == "device" and cfg.schedule == "adaptive":
+                    print(f"warning: {exc}; deciding the adaptive schedule on the host between graphs instead",
+                          file=sys.stderr)
+                    self.step_graphs = self._step_graphs("host")
+                elif cfg.compile == CAPTURED:
                     raise FaceganError(f"train.compile = {CAPTURED}: {exc}; train with --set train.compile=off") from exc
-                print(f"warning: {exc}; training without CUDA graphs (train.compile = off)", file=sys.stderr)
-                self.step_graphs = None
+                else:
+                    print(f"warning: {exc}; training without CUDA graphs (train.compile = off)", file=sys.stderr)
+                    self.step_graphs = None
         totals = EpochTotals()
         for start in range(0, n, cfg.batch_size):
             index = order[start : start + cfg.batch_size]
