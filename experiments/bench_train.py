@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -39,6 +40,7 @@ from torch import nn
 from experiments import provenance
 from facegan.common import select_device
 from facegan.config import load_config
+from facegan.errors import FaceganError
 from facegan.step_graphs import StepGraphs, conditional_nodes_missing
 from facegan.synthetic import synthetic_faces
 from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
@@ -220,8 +222,13 @@ def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Te
         for label, decide_on in (("captured_adaptive", "device"), ("captured_adaptive_host", "host")):
             if decide_on == "device" and conditional_nodes_missing() is not None:
                 continue
-            ips, d_share = captured_images_per_second(loss, default_batch, device, seconds, images,
-                                                      schedule="adaptive", decide_on=decide_on)
+            try:
+                ips, d_share = captured_images_per_second(loss, default_batch, device, seconds, images,
+                                                          schedule="adaptive", decide_on=decide_on)
+            except FaceganError as exc:  # the capture failed: say so in the figures, measure the rest
+                print(f"FAILED: {loss} {label}: {exc}", file=sys.stderr, flush=True)
+                result[f"{label}_error"] = str(exc)
+                continue
             result[f"{label}_images_per_s"] = round(ips, 2)
             result[f"{label}_batch_size"] = default_batch
             result[f"{label}_d_share"] = round(d_share, 4)

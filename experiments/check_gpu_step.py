@@ -1,8 +1,11 @@
 """The GPU check of the captured training step (issue 30): every figure in one short run.
 
 Runs on one CUDA GPU in about 7 minutes on an H200 and prints every figure, with one JSON object
-as its last line. ``train.compile = cuda-graphs`` is used explicitly throughout: a capture that
-fails ends the script with its error (non-zero exit), nothing falls back to the eager step. Parts:
+as its last line. The captured step is asked for explicitly throughout (``capture=True``,
+``train.compile = cuda-graphs``): a part that fails prints its traceback and is recorded as
+FAILED, the other parts still run (the device time is short), and the script then exits non-zero
+naming every failed part. Nothing falls back silently: a Trainer that falls back from decisions on
+the GPU to decisions by the host prints a warning, and part 2 has then already failed. Parts:
 
 1. **environment**: PyTorch, CUDA, the GPU, whether CUDA graph conditional nodes are there.
 2. **captured = uncaptured**: the step captured as CUDA graphs against the same step functions run
@@ -45,6 +48,7 @@ import argparse
 import json
 import statistics
 import time
+import traceback
 import warnings
 
 import torch
@@ -172,6 +176,44 @@ def quality(device, epochs: int, seeds: list[int]) -> dict:
     return {"rows": rows, "summary": summary}
 
 
+def speed(device, seconds: float) -> dict:
+    faces = synthetic_faces(640, 80, seed=0).images
+    result = {}
+    for loss in ("dcgan", "wgan", "wgan-gp"):
+        r = bench_train.bench_loss(loss, device, seconds, faces, (20, 64, 256), extras=False)
+        result[loss] = r
+        print(loss, json.dumps(r), flush=True)
+    print(f"{'objective':10} {'tutorial':>9} " + " ".join(f"{h:>15}" for h in (
+        "eager b20", "eager b64", "eager b256", "captured b20", "captured b64", "captured b256", "adaptive b64",
+        "host-dec. b64")))
+    for loss, r in result.items():
+        cells = [r.get(k) for k in ("facegan_batch20_images_per_s", "facegan_images_per_s", "facegan_batch256_images_per_s",
+                                    "captured_batch20_images_per_s", "captured_images_per_s",
+                                    "captured_batch256_images_per_s", "captured_adaptive_images_per_s",
+                                    "captured_adaptive_host_images_per_s")]
+        print(f"{loss:10} {r['tutorial_images_per_s']:9.0f} " + " ".join(
+            f"{c:8.0f} ({c / r['tutorial_images_per_s']:4.1f}x)" if c else f"{'-':>15}" for c in cells), flush=True)
+    return result
+
+
+def end_to_end(epochs: int, eager_epochs: int) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    common = {"device": "cuda", "batch_size": 64, "image_size": 80, "num_images": 2000, "checkpoint_every": 100,
+              "features": "inception", "total_epochs": 10000}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = str(time_tutorial_run.random_inception_weights(Path(tmp)))
+        captured = time_tutorial_run.measure(**common, epochs=epochs, compile_mode="cuda-graphs",
+                                             inception_weights=weights, judge=True)
+        print(captured, flush=True)
+        eager = time_tutorial_run.measure(**common, epochs=eager_epochs, compile_mode="off",
+                                          inception_weights=weights, judge=False,
+                                          judge_extra=captured["judge_extra_seconds"])
+        print(eager, flush=True)
+    return {"captured": captured, "eager": eager}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench-seconds", type=float, default=2.5)
@@ -187,62 +229,41 @@ def main() -> None:
         raise SystemExit("FAILED: no CUDA device; this check is for a GPU")
     device = torch.device("cuda")
     started = time.perf_counter()
-    report = {}
+    report, failed = {}, []
 
-    section("1. environment")
-    report["environment"] = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(),
-                             "cudnn": torch.backends.cudnn.version(), "conditional_nodes": conditional_nodes_missing() or "yes"}
-    print(report["environment"], flush=True)
+    def part(key: str, title: str, run) -> None:
+        """Run one part; a failure is printed in full and recorded, and the other parts still run
+        (the device time is short): the script then ends with a non-zero exit naming every failure."""
+        if key in skip:
+            return
+        section(title)
+        try:
+            report[key] = run()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  (reported, and fails the run at the end)
+            traceback.print_exc()
+            report[key] = {"FAILED": f"{type(exc).__name__}: {exc}"}
+            failed.append(key)
+            print(f"FAILED: {key}: {type(exc).__name__}: {exc}", flush=True)
 
     images = synthetic_faces(SMALL_IMAGES, 80, seed=0).images.to(device)
-    section("2. the captured step against the same functions uncaptured (cuDNN deterministic)")
-    report["captured_equals_uncaptured"] = check_captured_equals_uncaptured(images, device)
-    section("3. host syncs in a captured epoch")
-    report["sync"] = check_no_sync(images, device)
-
-    if "speed" not in skip:
-        section("4. speed: images/s (same 5 D : 1 G mix; the tutorial's loop at minibatch 20)")
-        faces = synthetic_faces(640, 80, seed=0).images
-        report["speed"] = {}
-        for loss in ("dcgan", "wgan", "wgan-gp"):
-            r = bench_train.bench_loss(loss, device, args.bench_seconds, faces, (20, 64, 256), extras=False)
-            report["speed"][loss] = r
-            print(loss, json.dumps(r), flush=True)
-        print(f"{'objective':10} {'tutorial':>9} " + " ".join(f"{h:>15}" for h in (
-            "eager b20", "eager b64", "eager b256", "captured b20", "captured b64", "captured b256", "adaptive b64",
-            "host-dec. b64")))
-        for loss, r in report["speed"].items():
-            cells = [r.get(k) for k in ("facegan_batch20_images_per_s", "facegan_images_per_s", "facegan_batch256_images_per_s",
-                                        "captured_batch20_images_per_s", "captured_images_per_s",
-                                        "captured_batch256_images_per_s", "captured_adaptive_images_per_s",
-                                        "captured_adaptive_host_images_per_s")]
-            print(f"{loss:10} {r['tutorial_images_per_s']:9.0f} " + " ".join(
-                f"{c:8.0f} ({c / r['tutorial_images_per_s']:4.1f}x)" if c else f"{'-':>15}" for c in cells), flush=True)
-
-    if "e2e" not in skip:
-        section("5. end to end: the tutorial's WGAN-GP run, measured and extrapolated to 10000 epochs")
-        import tempfile
-        from pathlib import Path
-
-        common = {"device": "cuda", "batch_size": 64, "image_size": 80, "num_images": 2000, "checkpoint_every": 100,
-                  "features": "inception", "total_epochs": 10000}
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = str(time_tutorial_run.random_inception_weights(Path(tmp)))
-            captured = time_tutorial_run.measure(**common, epochs=args.e2e_epochs, compile_mode="cuda-graphs",
-                                                 inception_weights=weights, judge=True)
-            print(captured, flush=True)
-            eager = time_tutorial_run.measure(**common, epochs=args.e2e_eager_epochs, compile_mode="off",
-                                              inception_weights=weights, judge=False,
-                                              judge_extra=captured["judge_extra_seconds"])
-            print(eager, flush=True)
-        report["end_to_end"] = {"captured": captured, "eager": eager}
-
-    if "quality" not in skip:
-        section("6. quality: FID after the same training, eager and captured")
-        report["quality"] = quality(device, args.quality_epochs, [int(s) for s in args.seeds.split(",")])
-
+    part("environment", "1. environment", lambda: {
+        "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(),
+        "cudnn": torch.backends.cudnn.version(), "conditional_nodes": conditional_nodes_missing() or "yes"})
+    print(report.get("environment"), flush=True)
+    part("captured_equals_uncaptured", "2. the captured step against the same functions uncaptured (cuDNN deterministic)",
+         lambda: check_captured_equals_uncaptured(images, device))
+    part("sync", "3. host syncs in a captured epoch", lambda: check_no_sync(images, device))
+    part("speed", "4. speed: images/s (same 5 D : 1 G mix; the tutorial's loop at minibatch 20)",
+         lambda: speed(device, args.bench_seconds))
+    part("e2e", "5. end to end: the tutorial's WGAN-GP run, measured and extrapolated to 10000 epochs",
+         lambda: end_to_end(args.e2e_epochs, args.e2e_eager_epochs))
+    part("quality", "6. quality: FID after the same training, eager and captured",
+         lambda: quality(device, args.quality_epochs, [int(s) for s in args.seeds.split(",")]))
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["failed"] = failed
     print(json.dumps(report))
+    if failed:
+        raise SystemExit(f"FAILED parts: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
