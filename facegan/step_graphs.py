@@ -20,8 +20,8 @@ What that costs, and why:
   (the same values: the same inputs and weights), and put BatchNorm's running statistics back
   afterwards so that they move once per forward, as in the eager step. The decided minibatches
   pay one more forward of D (and of G before a G step) than the eager step.
-- Random numbers cannot be drawn inside conditional bodies (PyTorch refuses; later versions
-  refuse any draw in a capture with conditional nodes), so each minibatch's latents and penalty
+- Random numbers cannot be drawn inside conditional bodies (PyTorch refuses; some versions refuse
+  any draw in a capture that has conditional nodes), so each minibatch's latents and penalty
   points are drawn on the device just before the adaptive graph is replayed, whether or not a D
   step uses the points. The stream of random numbers therefore differs from the eager step's
   (which draws the points only on D steps): the same rule on other random draws.
