@@ -5,33 +5,45 @@ networks and settings): minibatch 20, contiguous memory, every minibatch generat
 a graph and scores reals and fakes, reads both accuracies back to the host, and backpropagates
 the chosen loss through everything (a D step also computes G's gradients, which are then
 zeroed); WGAN-GP's penalty as the tutorial computes it. Both loops follow the same sequence of steps
-(5 D steps, then 1 G step) so neither gains from a different mix. facegan runs at its default
-batch size and, for information, at the tutorial's 20, with bf16 autocast where the device has native
-bf16 (a CUDA GPU, or a CPU with AVX512-BF16/AMX), and on a GPU at minibatch 256. WGAN-GP also
-runs with the lazy penalty (``train.gp_every = 4``: the penalty on every 4th critic step, 4
-times as strong); ``experiments/bench_lazy_penalty.py`` checks what that costs in quality.
+(5 D steps, then 1 G step) so neither gains from a different mix. facegan's eager step runs at its
+default minibatch and, for information, at the tutorial's 20, with bf16 autocast where the device
+has native bf16 (a CUDA GPU, or a CPU with AVX512-BF16/AMX), and on a GPU at minibatch 256.
+WGAN-GP also runs with the lazy penalty (``train.gp_every = 4``: the penalty on every 4th critic
+step, 4 times as strong); ``experiments/bench_lazy_penalty.py`` checks what that costs in quality.
+
+On a GPU, facegan's step captured as CUDA graphs (``train.compile = cuda-graphs``,
+:mod:`facegan.step_graphs`) runs at minibatches 20, 64 (the default) and 256 with the same 5:1
+mix, beside the eager step; and at 64 with the adaptive schedule (the mix the tutorial's rule
+chooses, reported as the share of D steps), decided on the GPU and, for comparison, by the host
+between graphs. The captured step takes the dataset's
+uint8 minibatches and converts them inside its graph; the eager step is handed float minibatches
+converted beforehand (as ``run_epoch`` does outside the step).
 
 Usage:
     python -m experiments.bench_train [--device auto|cpu|cuda] [--seconds 20] [--losses wgan-gp,...]
+        [--batch-sizes 20,64,256]
 
-Prints a table and, as the last line, a JSON object with every figure.
+Prints a table and, as the last line, a JSON object with every figure (``tutorial_images_per_s``:
+the reference loop; ``facegan_*``: the eager step; ``captured_*``: the CUDA graphs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
 from torch import nn
 
-from facegan.config import load_config
-from facegan.synthetic import synthetic_faces
-from facegan.common import select_device
-from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
-
 from experiments import provenance
+from facegan.common import select_device
+from facegan.config import load_config
+from facegan.errors import FaceganError
+from facegan.step_graphs import StepGraphs, conditional_nodes_missing
+from facegan.synthetic import synthetic_faces
+from facegan.training import EpochTotals, Schedule, build_gan, cpu_has_native_bf16
 
 TUTORIAL_BATCH = 20
 N_CRITIC = 5
@@ -137,42 +149,93 @@ def images_per_second(step, batches, device, seconds: float, warmup: int = 2) ->
                 return images / (time.perf_counter() - started)
 
 
-def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Tensor) -> dict:
-    torch.manual_seed(0)
-    seed = TutorialReference(loss, device)
-    seed_batches = [b.to(device) for b in images.split(TUTORIAL_BATCH)]
-    pattern = lambda i: (i % (N_CRITIC + 1)) < N_CRITIC  # noqa: E731  (5 D, 1 G)
-    seed_ips = images_per_second(lambda b, i: seed.step(b, pattern(i)), seed_batches, device, seconds)
+def _config(loss: str, batch_size: int, device: torch.device, *, schedule: str = "fixed", bf16: bool = False,
+            gp_every: int = 1):
+    return load_config(overrides={"train.loss": loss, "train.schedule": schedule, "train.n_critic": N_CRITIC,
+                                  "train.batch_size": batch_size, "train.device": device.type, "train.bf16": bf16,
+                                  "train.gp_every": gp_every})
 
-    result = {"seed_images_per_s": round(seed_ips, 2)}
+
+def eager_images_per_second(loss, batch_size, device, seconds, images, *, bf16=False, gp_every=1) -> float:
+    """facegan's eager step (``GAN.step``) on float minibatches, the fixed 5:1 mix."""
+    cfg = _config(loss, batch_size, device, bf16=bf16, gp_every=gp_every)
+    torch.manual_seed(0)
+    gan = build_gan(cfg, device)
+    schedule, totals = Schedule("fixed", N_CRITIC, gp_every), EpochTotals()
+    batches = [b.to(device).contiguous(memory_format=gan.memory_format) for b in images.float().div(127.5).sub(1).split(batch_size)]
+    batches = [b for b in batches if b.shape[0] == batch_size]
+    return images_per_second(lambda b, i: gan.step(b, schedule, totals), batches, device, seconds)
+
+
+def captured_images_per_second(loss, batch_size, device, seconds, images, *, schedule="fixed",
+                               decide_on="device") -> tuple[float, float]:
+    """facegan's step as CUDA graphs on uint8 minibatches; ``(images/s, share of D steps)``."""
+    cfg = _config(loss, batch_size, device, schedule=schedule)
+    torch.manual_seed(0)
+    gan = build_gan(cfg, device)
+    t = cfg.train
+    graphs = StepGraphs(gan, t.schedule, t.n_critic, t.gp_every, tuple(images.shape[1:]), device, capture=True,
+                        decide_on=decide_on)
+    graphs.prepare([batch_size])
+    state = Schedule(t.schedule, t.n_critic, t.gp_every)
+    batches = [b for b in images.to(device).split(batch_size) if b.shape[0] == batch_size]
+    ips = images_per_second(lambda b, i: graphs.step(b, state), batches, device, seconds)
+    d_steps, g_steps = graphs.totals.counts[:2].tolist()  # no epoch ends here: the counts of every step
+    return ips, d_steps / max(d_steps + g_steps, 1)
+
+
+def bench_loss(loss: str, device: torch.device, seconds: float, images: torch.Tensor,
+               batch_sizes: tuple[int, ...] = (TUTORIAL_BATCH, 64, 256), *, extras: bool = True) -> dict:
+    """``images``: uint8, N x 3 x 80 x 80, on the CPU. ``extras``: also bf16 and the lazy penalty."""
+    torch.manual_seed(0)
+    tutorial = TutorialReference(loss, device)
+    tutorial_batches = [b.to(device) for b in images.float().div(127.5).sub(1).split(TUTORIAL_BATCH)]
+    pattern = lambda i: (i % (N_CRITIC + 1)) < N_CRITIC  # noqa: E731  (5 D, 1 G)
+    tutorial_ips = images_per_second(lambda b, i: tutorial.step(b, pattern(i)), tutorial_batches, device, seconds)
+
+    result = {"tutorial_images_per_s": round(tutorial_ips, 2)}
     default_batch = load_config().train.batch_size
     bf16_native = device.type == "cuda" or cpu_has_native_bf16()
     variants = [("facegan", default_batch, False, 1), ("facegan_batch20", TUTORIAL_BATCH, False, 1)]
-    if bf16_native:
+    if bf16_native and extras:
         variants.append(("facegan_bf16", default_batch, True, 1))
     if device.type == "cuda":
-        variants.append(("facegan_batch256", 256, False, 1))
-    if loss == "wgan-gp":  # the lazy penalty: on every 4th critic step, 4 times as strong
+        variants += [(f"facegan_batch{b}", b, False, 1) for b in batch_sizes if b not in (default_batch, TUTORIAL_BATCH)]
+    if loss == "wgan-gp" and extras:  # the lazy penalty: on every 4th critic step, 4 times as strong
         variants.append(("facegan_gp4", default_batch, False, LAZY_GP_EVERY))
         if bf16_native:
             variants.append(("facegan_bf16_gp4", default_batch, True, LAZY_GP_EVERY))
     for label, batch_size, bf16, gp_every in variants:
-        cfg = load_config(overrides={"train.loss": loss, "train.schedule": "fixed", "train.n_critic": N_CRITIC,
-                                     "train.batch_size": batch_size, "train.device": device.type, "train.bf16": bf16,
-                                     "train.gp_every": gp_every})
-        torch.manual_seed(0)
-        gan = build_gan(cfg, device)
-        schedule, totals = Schedule("fixed", N_CRITIC, gp_every), EpochTotals()
-        batches = [b.to(device).contiguous(memory_format=gan.memory_format) for b in images.split(batch_size)]
-        batches = [b for b in batches if b.shape[0] == batch_size]
-        ips = images_per_second(lambda b, i: gan.step(b, schedule, totals), batches, device, seconds)
+        ips = eager_images_per_second(loss, batch_size, device, seconds, images, bf16=bf16, gp_every=gp_every)
         result[f"{label}_images_per_s"] = round(ips, 2)
         result[f"{label}_batch_size"] = batch_size
-    result["ratio"] = round(result["facegan_images_per_s"] / seed_ips, 3)
-    result["ratio_batch20"] = round(result["facegan_batch20_images_per_s"] / seed_ips, 3)
-    for label in ("bf16", "batch256", "gp4", "bf16_gp4"):
-        if f"facegan_{label}_images_per_s" in result:
-            result[f"ratio_{label}"] = round(result[f"facegan_{label}_images_per_s"] / seed_ips, 3)
+    if device.type == "cuda":
+        for batch_size in batch_sizes:
+            label = "captured" if batch_size == default_batch else f"captured_batch{batch_size}"
+            ips, _ = captured_images_per_second(loss, batch_size, device, seconds, images)
+            result[f"{label}_images_per_s"] = round(ips, 2)
+            result[f"{label}_batch_size"] = batch_size
+            eager = result.get("facegan_images_per_s" if batch_size == default_batch else f"facegan_batch{batch_size}_images_per_s")
+            if eager:
+                result[f"speedup_{label}_over_eager"] = round(ips / eager, 3)
+        # The adaptive schedule, decided on the GPU (conditional nodes) and by the host between graphs.
+        for label, decide_on in (("captured_adaptive", "device"), ("captured_adaptive_host", "host")):
+            if decide_on == "device" and conditional_nodes_missing() is not None:
+                continue
+            try:
+                ips, d_share = captured_images_per_second(loss, default_batch, device, seconds, images,
+                                                          schedule="adaptive", decide_on=decide_on)
+            except FaceganError as exc:  # the capture failed: say so in the figures, measure the rest
+                print(f"FAILED: {loss} {label}: {exc}", file=sys.stderr, flush=True)
+                result[f"{label}_error"] = str(exc)
+                continue
+            result[f"{label}_images_per_s"] = round(ips, 2)
+            result[f"{label}_batch_size"] = default_batch
+            result[f"{label}_d_share"] = round(d_share, 4)
+    for key in [k for k in result if k.endswith("_images_per_s") and k != "tutorial_images_per_s"]:
+        label = key[: -len("_images_per_s")]
+        suffix = label[len("facegan"):] if label.startswith("facegan") else "_" + label
+        result["ratio" + suffix] = round(result[key] / tutorial_ips, 3)
     return result
 
 
@@ -182,20 +245,25 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per loop")
     parser.add_argument("--losses", default="dcgan,wgan,wgan-gp")
     parser.add_argument("--num-images", type=int, default=640)
+    parser.add_argument("--batch-sizes", default="20,64,256", help="minibatches of the GPU's eager and captured steps")
     args = parser.parse_args()
     provenance.announce(__spec__.name)
     device = select_device(args.device)
-    images = synthetic_faces(args.num_images, 80, seed=0).as_float()
+    images = synthetic_faces(args.num_images, 80, seed=0).images
+    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch_threads": torch.get_num_threads()}
-    print(f"{'objective':10} {'seed img/s (b=20)':>18} {'facegan img/s':>22} {'ratio':>7} {'facegan b=20':>13} {'ratio':>7}")
+               "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    print(f"{'objective':10} {'tutorial img/s (b=20)':>22} {'facegan img/s':>22} {'ratio':>7} {'facegan b=20':>13} {'ratio':>7}")
     for loss in args.losses.split(","):
-        r = bench_loss(loss, device, args.seconds, images)
+        r = bench_loss(loss, device, args.seconds, images, batch_sizes)
         results[loss] = r
-        print(f"{loss:10} {r['seed_images_per_s']:18.1f} {r['facegan_images_per_s']:14.1f} (b={r['facegan_batch_size']:3d}) "
+        extra = [k[len("ratio_"):] for k in r if k.startswith("ratio_") and k != "ratio_batch20"]
+        print(f"{loss:10} {r['tutorial_images_per_s']:22.1f} {r['facegan_images_per_s']:14.1f} (b={r['facegan_batch_size']:3d}) "
               f"{r['ratio']:7.2f} {r['facegan_batch20_images_per_s']:13.1f} {r['ratio_batch20']:7.2f}"
-              + "".join(f"   {label}: {r[f'facegan_{label}_images_per_s']:.1f} img/s ({r[f'ratio_{label}']:.2f}x)"
-                        for label in ("bf16", "batch256", "gp4", "bf16_gp4") if f"ratio_{label}" in r),
+              + "".join(f"\n{'':10} {label}: {r[('facegan_' if not label.startswith('captured') else '') + label + '_images_per_s']:.1f}"
+                        f" img/s ({r['ratio_' + label]:.2f}x)" for label in extra)
+              + "".join(f"\n{'':10} {label}: {r[label + '_d_share']:.1%} D steps"
+                        for label in ("captured_adaptive", "captured_adaptive_host") if label + "_d_share" in r),
               flush=True)
     print(json.dumps(results))
 

@@ -39,6 +39,10 @@ RESUMABLE_KEYS = frozenset({
     "evaluate.num_samples", "evaluate.inception_weights", "evaluate.dinov2_weights", "evaluate.stop_on_collapse",
     "evaluate.stop_patience", "evaluate.register",
 })
+# train.compile: "cuda-graphs" captures the training step as CUDA graphs (facegan.step_graphs);
+# "auto" does so where it can (CUDA, one process), "off" trains eagerly.
+CAPTURED = "cuda-graphs"
+COMPILE_MODES = ("auto", "off", CAPTURED)
 
 # The tutorial's optimiser settings per objective: (optimizer, lr, beta1, beta2).
 TUTORIAL_OPTIMIZERS = {
@@ -82,6 +86,7 @@ class TrainConfig:
     channels_last: bool = True
     sync_batchnorm: bool = False  # several CUDA processes: BatchNorm statistics over the whole minibatch
     world_size: int = 1  # training processes (set from torchrun's WORLD_SIZE); batch_size is split among them
+    compile: str = "auto"  # cuda-graphs: the step as CUDA graphs, decided on the GPU; auto: where possible; off
 
 
 @dataclass
@@ -310,6 +315,7 @@ def resolve(cfg: Config) -> Config:
     _choice("train.loss", t.loss, LOSSES)
     _choice("train.schedule", t.schedule, SCHEDULES)
     _choice("train.device", t.device, DEVICES)
+    _choice("train.compile", t.compile, COMPILE_MODES)
     # Image size, widths, norms and the critic's norm for the objective: NetworkConfig's own checks.
     cfg.model = cfg.model.resolve(t.loss)
     optimizer, lr, beta1, beta2 = TUTORIAL_OPTIMIZERS[t.loss]
@@ -326,6 +332,9 @@ def resolve(cfg: Config) -> Config:
     _positive("train.gp_weight", t.gp_weight, allow_zero=True)
     if t.gp_every != 1 and t.loss != "wgan-gp":
         raise FaceganError(f"train.gp_every applies to the wgan-gp penalty only; train.loss is {t.loss!r}")
+    if t.compile == CAPTURED and t.world_size > 1:
+        raise FaceganError(f"train.compile = {CAPTURED} runs on one process; under torchrun each rank trains "
+                           "eagerly (leave train.compile at auto, or set it to off)")
     if t.batch_size % t.world_size:
         raise FaceganError(f"train.batch_size ({t.batch_size}) is the whole minibatch, split evenly among the "
                            f"{t.world_size} training processes: make it a multiple of {t.world_size}")

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from facegan.checkpoint import GENERATOR_FILE, generator_from_checkpoint, load_checkpoint, save_checkpoint
 from facegan.common import error_text, images_to_grid, select_device
-from facegan.config import Config, TrainConfig
+from facegan.config import CAPTURED, Config, TrainConfig
 from facegan.dataset import Dataset
 from facegan import distributed
 from facegan.distributed import Processes
@@ -39,6 +39,7 @@ from facegan.errors import FaceganError
 from facegan.losses import Objective, make_objective
 from facegan.models import build_discriminator, build_generator
 from facegan.run_tracker import STOP_REASON_TAG, STOPPED_EPOCH_TAG, STOPPED_TAG, checkpoint_name
+from facegan.step_graphs import CaptureFailed, StepGraphs, conditional_nodes_missing, use_captured_steps
 
 if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays out of its imports
     from facegan.run_tracker import RunTracker
@@ -83,7 +84,12 @@ def _state_copy(module_or_opt) -> dict:
 
 @dataclass
 class EpochTotals:
-    """Sums over one epoch's minibatches; tensors stay on the device until the epoch ends."""
+    """Sums over one epoch's minibatches; tensors stay on the device until the epoch ends.
+
+    The eager step adds to it as it trains (:meth:`add_scores`, :meth:`add_d_step`,
+    :meth:`add_g_step`); the captured step (:mod:`facegan.step_graphs`) keeps its own sums on the
+    device and hands over one of these, read once, at the end of the epoch.
+    """
 
     loss_d: torch.Tensor | float = 0.0
     loss_g: torch.Tensor | float = 0.0
@@ -95,6 +101,22 @@ class EpochTotals:
     g_steps: int = 0
     scored: int = 0  # minibatches whose accuracies were measured
     images: int = 0
+
+    def add_scores(self, accuracy_g: torch.Tensor, accuracy_d: torch.Tensor) -> None:
+        self.accuracy_g = self.accuracy_g + accuracy_g
+        self.accuracy_d = self.accuracy_d + accuracy_d
+        self.scored += 1
+
+    def add_d_step(self, loss: torch.Tensor, penalty: torch.Tensor | None) -> None:
+        if penalty is not None:
+            self.penalty = self.penalty + penalty
+            self.penalty_steps += 1
+        self.loss_d = self.loss_d + loss
+        self.d_steps += 1
+
+    def add_g_step(self, loss: torch.Tensor) -> None:
+        self.loss_g = self.loss_g + loss
+        self.g_steps += 1
 
     def metrics(self, seconds: float) -> dict[str, float]:
         def mean(total, count):
@@ -109,9 +131,9 @@ class EpochTotals:
             "g_steps": float(self.g_steps),
             "images_per_s": self.images / seconds if seconds > 0 else float("nan"),
             "epoch_seconds": seconds,
+            # nan (dropped below) when no step computed it: other objectives, or a lazy penalty's off-steps
+            "gradient_penalty": mean(self.penalty, self.penalty_steps),
         }
-        if isinstance(self.penalty, torch.Tensor):
-            out["gradient_penalty"] = mean(self.penalty, self.penalty_steps)
         # MLflow rejects NaN in some stores and charts break on it: drop what was not measured.
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
@@ -137,6 +159,10 @@ class Schedule:
         """Whether the D step about to run adds the penalty (always when gp_every is 1)."""
         return self.penalty_phase == 0
 
+    def penalty_scale(self) -> float:
+        """What the next D step's penalty is multiplied by: ``gp_every`` when it is due, else 0 (none)."""
+        return float(self.gp_every) if self.penalty_due() else 0.0
+
     def done(self, trained: str, *, switched_to_d: bool = False) -> None:
         if trained == "d":
             self.penalty_phase = (self.penalty_phase + 1) % self.gp_every
@@ -155,6 +181,31 @@ class Schedule:
         self.penalty_phase = state.get("penalty_phase", 0) % self.gp_every  # absent before train.gp_every
 
 
+class Totals(Protocol):
+    """Where a step books what it did: :class:`EpochTotals`, or the captured step's sums on the device."""
+
+    def add_scores(self, accuracy_g: torch.Tensor, accuracy_d: torch.Tensor) -> None: ...
+    def add_d_step(self, loss: torch.Tensor, penalty: torch.Tensor | None) -> None: ...
+    def add_g_step(self, loss: torch.Tensor) -> None: ...
+
+
+class DrawnNoise:
+    """The step's random inputs drawn from the device's default generator at the moment the step
+    asks for them: the latents of each minibatch's fakes, and the penalty's mixing weights on the D
+    steps that compute it. The stream of draws is what every facegan version before the captured
+    step drew (one process is reproducible from ``train.seed``)."""
+
+    def latents(self, n: int, latent_dim: int, device: torch.device) -> torch.Tensor:
+        return torch.randn(n, latent_dim, device=device)
+
+    def mix_weights(self, real: torch.Tensor) -> torch.Tensor:
+        """``a ~ U[0, 1]`` per sample, N x 1 x 1 x 1 (see :func:`facegan.losses.gradient_penalty`)."""
+        return torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+
+
+DRAWN = DrawnNoise()
+
+
 @dataclass
 class GAN:
     """Both networks, their optimisers and the objective: everything a step touches.
@@ -163,6 +214,10 @@ class GAN:
     checkpointed and sampled); the steps call them through ``g_forward`` and ``d_forward``, which
     are the same modules on one process and their DistributedDataParallel wrappers on several, so
     that every gradient a step computes is averaged over the ranks before the optimiser uses it.
+
+    :meth:`step` trains one minibatch eagerly, deciding on the host. Its parts (:meth:`forced_d`,
+    :meth:`forced_g`, :meth:`d_update`, :meth:`g_update`) are also what
+    :class:`facegan.step_graphs.StepGraphs` captures as CUDA graphs.
     """
 
     generator: nn.Module
@@ -183,28 +238,36 @@ class GAN:
         self.g_forward = self.g_forward or self.generator
         self.d_forward = self.d_forward or self.discriminator
 
-    def _generate(self, n: int, device) -> torch.Tensor:
-        z = torch.randn(n, self.latent_dim, device=device)
+    def generate(self, n: int, device, noise: DrawnNoise = DRAWN) -> torch.Tensor:
+        """``n`` fakes from fresh latents (with G's graph unless called under ``torch.no_grad``)."""
+        z = noise.latents(n, self.latent_dim, device)
         with self.autocast():
             fake = self.g_forward(z)
         # float32 like the real images: the penalty mixes both, and D's autocast casts anyway.
         return fake.float().contiguous(memory_format=self.memory_format)
 
-    def _score(self, images: torch.Tensor) -> torch.Tensor:
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """D's raw scores (float32)."""
         with self.autocast():
             return self.d_forward(images).float()
 
-    def d_step(self, real, fake, scores_real, scores_fake, totals: EpochTotals, *, graph_into_g: bool,
-               penalty_scale: float = 1.0):
+    def record_scores(self, scores_real, scores_fake, totals: Totals) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tutorial's two accuracies of this minibatch, booked in ``totals``; ``(acc_g, acc_d)``."""
+        acc_g, acc_d = self.objective.accuracies(scores_real.detach(), scores_fake.detach())
+        totals.add_scores(acc_g, acc_d)
+        return acc_g, acc_d
+
+    def d_update(self, real, fake, scores_real, scores_fake, totals: Totals, *, graph_into_g: bool,
+                 penalty_scale: float = 1.0, noise: DrawnNoise = DRAWN) -> None:
         """One critic update. ``penalty_scale`` > 0 adds the gradient penalty times that factor
         (``train.gp_every`` on the D steps that carry the lazy penalty, so that it weighs as much
         as a penalty on every step); 0 leaves it out."""
         loss = self.objective.d_loss(scores_real, scores_fake)
+        penalty = None
         if self.objective.needs_penalty and penalty_scale > 0:
+            alpha = noise.mix_weights(real)
             with self.autocast():
-                penalty = self.objective.penalty(self.d_forward, real, fake.detach()).float()
-            totals.penalty = totals.penalty + penalty.detach()
-            totals.penalty_steps += 1
+                penalty = self.objective.penalty(self.d_forward, real, fake.detach(), alpha=alpha).float()
             loss = loss + (penalty * penalty_scale if penalty_scale != 1 else penalty)
         self.opt_d.zero_grad(set_to_none=True)
         # When the fakes still hang on G's graph, restrict backward to D's weights: G's
@@ -212,59 +275,61 @@ class GAN:
         loss.backward(inputs=self.d_params if graph_into_g else None)
         self.opt_d.step()
         self.objective.after_d_step(self.discriminator)
-        totals.loss_d = totals.loss_d + loss.detach()
-        totals.d_steps += 1
+        totals.add_d_step(loss.detach(), None if penalty is None else penalty.detach())
 
-    def g_step(self, scores_fake, totals: EpochTotals):
+    def g_update(self, scores_fake, totals: Totals) -> None:
+        """One generator update from D's scores of fakes that hang on G's graph."""
         loss = self.objective.g_loss(scores_fake)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward(inputs=self.g_params)
         self.opt_g.step()
-        totals.loss_g = totals.loss_g + loss.detach()
-        totals.g_steps += 1
+        totals.add_g_step(loss.detach())
 
-    def _record_accuracies(self, scores_real, scores_fake, totals: EpochTotals):
-        acc_g, acc_d = self.objective.accuracies(scores_real.detach(), scores_fake.detach())
-        totals.accuracy_g = totals.accuracy_g + acc_g
-        totals.accuracy_d = totals.accuracy_d + acc_d
-        totals.scored += 1
-        return acc_g, acc_d
+    def forced_d(self, real, totals: Totals, *, penalty_scale: float, noise: DrawnNoise = DRAWN) -> None:
+        """A D step known in advance: the fakes are made without G's graph."""
+        with torch.no_grad():
+            fake = self.generate(real.shape[0], real.device, noise)
+        scores_real, scores_fake = self.score(real), self.score(fake)
+        self.record_scores(scores_real, scores_fake, totals)
+        self.d_update(real, fake, scores_real, scores_fake, totals, graph_into_g=False,
+                      penalty_scale=penalty_scale, noise=noise)
 
-    def step(self, real: torch.Tensor, schedule: Schedule, totals: EpochTotals) -> None:
+    def forced_g(self, n: int, device, totals: Totals, *, noise: DrawnNoise = DRAWN) -> None:
+        """A G step known in advance: D scores the fakes without computing its own weight gradients."""
+        self.discriminator.requires_grad_(False)
+        try:
+            self.g_update(self.score(self.generate(n, device, noise)), totals)
+        finally:
+            self.discriminator.requires_grad_(True)
+
+    def step(self, real: torch.Tensor, schedule: Schedule, totals: EpochTotals, noise: DrawnNoise = DRAWN) -> None:
         """Train D or G on one minibatch of real images (float, [-1, 1], on the device); on several
         processes, ``real`` is this rank's part of the minibatch."""
         n = real.shape[0]  # a short last minibatch gets as many fakes as it has reals
         totals.images += n
         forced = schedule.forced()
-        penalty_scale = float(schedule.gp_every) if schedule.penalty_due() else 0.0
+        penalty_scale = schedule.penalty_scale()
         if forced == "d":
-            with torch.no_grad():
-                fake = self._generate(n, real.device)
-            scores_real, scores_fake = self._score(real), self._score(fake)
-            self._record_accuracies(scores_real, scores_fake, totals)
-            self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=False, penalty_scale=penalty_scale)
+            self.forced_d(real, totals, penalty_scale=penalty_scale, noise=noise)
             schedule.done("d")
         elif forced == "g":
-            self.discriminator.requires_grad_(False)  # no D weight gradients in a G step
-            try:
-                self.g_step(self._score(self._generate(n, real.device)), totals)
-            finally:
-                self.discriminator.requires_grad_(True)
+            self.forced_g(n, real.device, totals, noise=noise)
             schedule.done("g")
         else:  # adaptive: score first, then decide (the tutorial's rule)
-            fake = self._generate(n, real.device)
-            scores_real, scores_fake = self._score(real), self._score(fake)
-            accuracies = torch.stack(self._record_accuracies(scores_real, scores_fake, totals))
+            fake = self.generate(n, real.device, noise)
+            scores_real, scores_fake = self.score(real), self.score(fake)
+            accuracies = torch.stack(self.record_scores(scores_real, scores_fake, totals))
             if self.processes.distributed:
                 # Every rank takes the same decision, from the accuracies over the whole minibatch
                 # (this rank's share of it times the world size is the minibatch).
                 accuracies = distributed.sum_over_ranks(accuracies.float(), self.processes) / self.processes.world_size
             acc_g, acc_d = accuracies.tolist()  # one host sync for both
             if acc_g / 2 >= acc_d:
-                self.d_step(real, fake, scores_real, scores_fake, totals, graph_into_g=True, penalty_scale=penalty_scale)
+                self.d_update(real, fake, scores_real, scores_fake, totals, graph_into_g=True,
+                              penalty_scale=penalty_scale, noise=noise)
                 schedule.done("d", switched_to_d=True)
             else:
-                self.g_step(scores_fake, totals)
+                self.g_update(scores_fake, totals)
                 schedule.done("g")
 
 
@@ -302,6 +367,8 @@ def check_device_options(cfg: Config, device: torch.device) -> None:
     if cfg.train.sync_batchnorm and device.type != "cuda":
         raise FaceganError("train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation; "
                            "train on GPUs or leave it off (each rank then normalises its own part of the minibatch)")
+    # An explicit train.compile = cuda-graphs that cannot be honoured here is an error now, not a surprise later.
+    use_captured_steps(cfg.train.compile, device, distributed=cfg.train.world_size > 1)
 
 
 def training_device(cfg: Config, processes: Processes | None = None) -> torch.device:
@@ -485,12 +552,24 @@ class Trainer:
         self.shuffle_rng = torch.Generator().manual_seed(cfg.train.seed)
         self.latents = fixed_latents(cfg.tracking.num_samples, self.gan.latent_dim, cfg.train.seed).to(self.device)
         self.images = _place_dataset(dataset.images, self.device)
+        # train.compile: the step captured as CUDA graphs (None: the eager step, GAN.step).
+        self.step_graphs: StepGraphs | None = None
+        if use_captured_steps(cfg.train.compile, self.device, distributed=processes.distributed):
+            # The adaptive schedule is decided on the GPU where CUDA graph conditional nodes exist,
+            # else by the host between graphs (one small sync per decided minibatch).
+            decide_on = "device" if conditional_nodes_missing() is None else "host"
+            self.step_graphs = self._step_graphs(decide_on)
         self.epoch = 0
         self.snapshot: dict | None = None
         # On resume: steps logged before an interruption are not logged again.
         self.logged_metric_steps: set[int] = set()
         self.logged_image_steps: set[int] = set()
         self.logged_checkpoints: set[int] = set()
+
+    def _step_graphs(self, decide_on: str) -> StepGraphs:
+        t = self.cfg.train
+        return StepGraphs(self.gan, t.schedule, t.n_critic, t.gp_every, tuple(self.dataset.images.shape[1:]),
+                          self.device, capture=True, decide_on=decide_on)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -562,6 +641,8 @@ class Trainer:
         if "cuda" in own and self.device.type == "cuda":
             torch.cuda.set_rng_state(own["cuda"], self.device)
         self.schedule.restore(payload["schedule"])
+        if self.step_graphs is not None:  # the optimisers' state tensors were replaced: capture again
+            self.step_graphs.reset()
         self.epoch = int(payload["epoch"])
         self.snapshot = payload if self.processes.is_main else None
 
@@ -621,9 +702,22 @@ class Trainer:
         each rank trains on its slice of every minibatch: together they see every image once)."""
         cfg = self.cfg.train
         world, rank = self.processes.world_size, self.processes.rank
-        totals = EpochTotals()
         n = self.images.shape[0]
         order = torch.randperm(n, generator=self.shuffle_rng)
+        while self.step_graphs is not None:
+            try:
+                return self.step_graphs.run_epoch(self.images, order, cfg.batch_size, self.schedule, stop)
+            except CaptureFailed as exc:  # raised before the epoch's first minibatch: nothing was trained
+                if self.step_graphs.decide_on == "device" and cfg.schedule == "adaptive":
+                    print(f"warning: {exc}; deciding the adaptive schedule on the host between graphs instead",
+                          file=sys.stderr)
+                    self.step_graphs = self._step_graphs("host")
+                elif cfg.compile == CAPTURED:
+                    raise FaceganError(f"train.compile = {CAPTURED}: {exc}; train with --set train.compile=off") from exc
+                else:
+                    print(f"warning: {exc}; training without CUDA graphs (train.compile = off)", file=sys.stderr)
+                    self.step_graphs = None
+        totals = EpochTotals()
         for start in range(0, n, cfg.batch_size):
             index = order[start : start + cfg.batch_size]
             if world > 1:

@@ -14,6 +14,7 @@ def test_defaults_resolve_to_the_seeds_settings():
         "wgan-gp", "adam", 1e-4, 0.0, 0.999)
     assert cfg.model.d_norm == "instance"
     assert cfg.tracking.checkpoint_every == 100
+    assert cfg.train.compile == "auto"  # CUDA graphs where they can run (one GPU process), else eager
     dcgan = load_config(overrides={"train.loss": "dcgan"})
     assert (dcgan.train.lr_d, dcgan.train.beta1, dcgan.model.d_norm) == (2e-4, 0.5, "batch")
     wgan = load_config(overrides={"train.loss": "wgan"})
@@ -51,6 +52,8 @@ def test_overrides_are_typed_from_toml():
         ({"train.beta1": 1.5}, r"train.beta1 must be in \[0, 1\)"),
         ({"train.loss": "wgan-gp", "model.d_norm": "batch"}, r"invalid with wgan-gp"),
         ({"train.bf16": "yes"}, r"train.bf16 must be bool"),
+        ({"train.compile": "fast"}, r"train.compile must be one of auto, off, cuda-graphs"),
+        ({"train.compile": "cuda-graphs", "train.world_size": 2}, r"cuda-graphs runs on one process"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides, message):

@@ -172,3 +172,12 @@ def test_bf16_autocast_on_the_cpu_follows_fp32(faces, tmp_path, loss):
         # GAN runs do (the tiny WGAN-GP critic's penalty amplifies the difference), so only finite.
         assert bf16[key][1] == pytest.approx(fp32[key][1], rel=0.02, abs=0.02), key
         assert all(math.isfinite(v) for v in bf16[key].values()), key
+
+
+def test_an_explicit_cuda_graphs_on_the_cpu_is_refused_before_training():
+    from facegan.errors import FaceganError
+    from facegan.training import training_device
+
+    assert training_device(load_config(overrides={**TINY, "train.compile": "auto"})).type == "cpu"
+    with pytest.raises(FaceganError, match="CUDA graphs capture GPU work; this run trains on the CPU"):
+        training_device(load_config(overrides={**TINY, "train.compile": "cuda-graphs"}))
