@@ -39,7 +39,6 @@ import os
 import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from facegan.common import error_text, file_sha256, select_device, torch_load_failure
+from facegan.common import (
+    EXPORT_PROGRAM, TORCHSCRIPT_PROGRAM, error_text, file_sha256, network_file_format, select_device,
+    torch_load_failure,
+)
 from facegan.errors import FaceganError
 
 __all__ = [
@@ -593,26 +595,8 @@ def _dinov2_hub_file() -> Path:
 # --- your own network: torch.export programs and TorchScript ----------------------------------
 
 # What a network file is, told by its content (both formats are zip archives under one root folder).
-_EXPORT, _TORCHSCRIPT = "export", "torchscript"
+_EXPORT, _TORCHSCRIPT = EXPORT_PROGRAM, TORCHSCRIPT_PROGRAM
 _EXPORT_LOGGER = "torch.export"  # torch.export.load logs a failed read there, traceback included
-
-
-def _network_format(file: Path) -> str | None:
-    """``"export"`` for a torch.export archive (``torch.export.save``: ``<root>/archive_format``
-    holds ``pt2``), ``"torchscript"`` for ``torch.jit.save``'s layout (``<root>/constants.pkl`` and
-    ``<root>/code/``), ``None`` for anything else, a truncated zip included."""
-    try:
-        with zipfile.ZipFile(file) as archive:
-            names = archive.namelist()
-            top = [name.split("/", 1)[1] for name in names if name.count("/") >= 1]
-            marker = next((name for name in names if name.count("/") == 1 and name.endswith("/archive_format")), None)
-            if marker is not None and archive.read(marker).strip() == b"pt2":
-                return _EXPORT
-            if "constants.pkl" in top and any(name.startswith("code/") for name in top):
-                return _TORCHSCRIPT
-    except Exception:  # BadZipFile, zlib, CRC, OS errors: whatever it is, it is neither format
-        return None
-    return None
 
 
 class _NetworkFileExtractor(FeatureExtractor):
@@ -690,14 +674,14 @@ class ExportedProgramExtractor(_NetworkFileExtractor):
         if not file.is_file():
             raise FaceganError(f"torch.export program not found: {file}")
         self.device = torch.device(device)
-        found = _network_format(file)
+        found = network_file_format(file)
         if found == _TORCHSCRIPT:
             raise FaceganError(f"{file} is a TorchScript module, not a torch.export program; use the feature "
                                f"space torchscript:{path}")
         if found is None:
             raise FaceganError(f"{file} is not a torch.export program (a complete .pt2 archive written by "
                                f"torch.export.save); is it truncated or another kind of file?")
-        program, extra = self._load(file)
+        program, extra = self.load_program(file)
         self._check_batch_is_dynamic(file, program)
         size = self._input_size(file, program, extra)
         if self.device.type != "cpu":
@@ -708,7 +692,8 @@ class ExportedProgramExtractor(_NetworkFileExtractor):
         self._finish(path, file, size)
 
     @staticmethod
-    def _load(file: Path) -> tuple[torch.export.ExportedProgram, dict[str, str | None]]:
+    def load_program(file: Path) -> tuple[torch.export.ExportedProgram, dict[str, str | None]]:
+        """A ``.pt2`` file's program and its extra files (``input_size``); a clear error for a bad file."""
         # torch.export.load logs a failed read with its traceback before raising a vaguer error
         # ("check the warnings above"); that one record becomes this error's reason instead.
         failures: list[logging.LogRecord] = []
@@ -738,7 +723,7 @@ class ExportedProgramExtractor(_NetworkFileExtractor):
         return program, extra
 
     @staticmethod
-    def _image_input_shape(program: torch.export.ExportedProgram) -> tuple | None:
+    def input_shape(program: torch.export.ExportedProgram) -> tuple | None:
         """The shape (ints and symbols) of the program's one tensor input, None when it has not one."""
         names = list(program.graph_signature.user_inputs)
         if len(names) != 1:
@@ -748,7 +733,7 @@ class ExportedProgramExtractor(_NetworkFileExtractor):
         return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
     def _check_batch_is_dynamic(self, file: Path, program: torch.export.ExportedProgram) -> None:
-        shape = self._image_input_shape(program)
+        shape = self.input_shape(program)
         if shape and isinstance(shape[0], int):
             raise FaceganError(
                 f"{file}: the program takes a fixed batch of {shape[0]} images; export it with a dynamic batch "
@@ -763,7 +748,7 @@ class ExportedProgramExtractor(_NetworkFileExtractor):
                 raise FaceganError(f"{file}: extra file input_size must hold a positive integer, got "
                                    f"{extra['input_size']!r}")
             return size
-        shape = self._image_input_shape(program)
+        shape = self.input_shape(program)
         if shape and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3]:
             return shape[2]
         return self.DEFAULT_INPUT_SIZE
@@ -797,7 +782,7 @@ class TorchScriptExtractor(_NetworkFileExtractor):
         if not file.is_file():
             raise FaceganError(f"TorchScript file not found: {file}")
         self.device = torch.device(device)
-        if _network_format(file) == _EXPORT:
+        if network_file_format(file) == _EXPORT:
             raise FaceganError(f"{file} is a torch.export program, not TorchScript; use the feature space "
                                f"export:{path}")
         try:

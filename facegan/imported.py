@@ -59,10 +59,10 @@ from pathlib import Path
 
 import torch
 
-from evaluation.features import ExportedProgramExtractor, _network_format
+from evaluation.features import ExportedProgramExtractor
 from evaluation.sources import AdaptedGenerator, LoadingCheckpoint
 from facegan.checkpoint import FORMAT, VERSION, generator_from_checkpoint
-from facegan.common import error_text, file_sha256, to_uint8, torch_load_failure
+from facegan.common import error_text, file_sha256, network_file_format, to_uint8, torch_load_failure
 from facegan.dataset import Dataset, make_manifest
 from facegan.errors import FaceganError
 from facegan.models import SUPPORTED_IMAGE_SIZES, NetworkConfig, build_generator
@@ -303,7 +303,7 @@ def load_generator_file(path: str | Path, spec: GeneratorSpec | None = None) -> 
     spec = spec or GeneratorSpec()
     if not path.is_file():
         raise FaceganError(f"checkpoint not found: {path}")
-    found = _network_format(path)
+    found = network_file_format(path)
     if found == "export":
         return _exported(path, spec)
     if found == "torchscript":
@@ -501,8 +501,8 @@ class _ExportedNetwork(torch.nn.Module):
 
 
 def _exported(path: Path, spec: GeneratorSpec) -> ImportedGenerator:
-    program, _ = ExportedProgramExtractor._load(path)
-    shape = ExportedProgramExtractor._image_input_shape(program)
+    program, _ = ExportedProgramExtractor.load_program(path)
+    shape = ExportedProgramExtractor.input_shape(program)
     if shape is None:
         raise FaceganError(f"{path}: the program must take one tensor, the latents")
     if isinstance(shape[0], int):

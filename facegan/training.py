@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from facegan.checkpoint import GENERATOR_FILE, generator_from_checkpoint, load_checkpoint, save_checkpoint
-from facegan.common import error_text, images_to_grid, select_device
+from facegan.common import enlarge_grid, error_text, images_to_grid, select_device
 from facegan.config import CAPTURED, Config, TrainConfig
 from facegan.dataset import Dataset
 from facegan import distributed
@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # the loop only talks to the tracker interface; mlflow stays 
     from facegan.run_tracker import RunTracker
 
 SAMPLE_KEY = "samples"
-MIN_GRID_SIDE = 512  # pixels
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -662,13 +661,8 @@ class Trainer:
         with torch.no_grad():
             images = g(self.latents)
         g.train()
-        grid = images_to_grid(images)
-        # MLflow shows the grid at its own size: small faces (32 px) get whole-pixel enlargement
-        # to at least 512 px so that they are visible in the UI.
-        scale = math.ceil(MIN_GRID_SIDE / grid.shape[1])
-        if scale > 1:
-            grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-        self.tracker.log_image(SAMPLE_KEY, grid, epoch)
+        # MLflow shows the grid at its own size: small faces are enlarged so that they are visible.
+        self.tracker.log_image(SAMPLE_KEY, enlarge_grid(images_to_grid(images)), epoch)
 
     def _log_checkpoint(self, epoch: int) -> tuple[str | None, dict] | None:
         """Write the generator checkpoint; ``(model id, payload)``, or None when it was logged before."""
