@@ -143,12 +143,13 @@ def check_no_sync(images, device) -> dict:
 def quality(device, epochs: int, seeds: list[int]) -> dict:
     from evaluation.engine import Scorer
     from evaluation.sources import GeneratorCheckpoint
-    from facegan.evaluate import make_extractor, real_images
+    from facegan.config import ScoringOptions
+    from facegan.scoring import make_extractor, real_images
     from facegan.run_tracker import MemoryTracker
     from facegan.training import Trainer
 
     faces = synthetic_faces(2000, 80, seed=0)
-    scorer = Scorer(make_extractor("random", device=device), real_images(faces), 2000, device=device)
+    scorer = Scorer(make_extractor(ScoringOptions("random", device=str(device))), real_images(faces), 2000, device=device)
     rows, spreads = [], []
     for seed in seeds:
         for mode in ("off", "cuda-graphs"):

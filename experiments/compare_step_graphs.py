@@ -28,13 +28,13 @@ import json
 import statistics
 import time
 
-import torch
 
 from evaluation.engine import Scorer
 from evaluation.sources import GeneratorCheckpoint
 from experiments import provenance
 from facegan.config import load_config
-from facegan.evaluate import make_extractor, real_images
+from facegan.config import ScoringOptions
+from facegan.scoring import make_extractor, real_images
 from facegan.run_tracker import MemoryTracker
 from facegan.step_graphs import StepGraphs
 from facegan.synthetic import synthetic_faces
@@ -65,7 +65,7 @@ def main() -> None:
     provenance.announce(__spec__.name)
 
     faces = synthetic_faces(args.num_images, args.image_size, seed=0)
-    scorer = Scorer(make_extractor(args.features, device=torch.device("cpu")), real_images(faces), args.num_samples)
+    scorer = Scorer(make_extractor(ScoringOptions(args.features, device="cpu")), real_images(faces), args.num_samples)
     rows, resampled = [], []
     print(f"{'seed':>4} {'variant':>11} {'d_steps':>7} {'g_steps':>7} {'loss_d':>9} {'loss_g':>9} {'s/epoch':>7} {'fid':>8}",
           flush=True)

@@ -46,7 +46,7 @@ from evaluation.online import TrainingJudge
 from experiments import provenance
 from facegan.common import select_device
 from facegan.config import load_config
-from facegan.evaluate import training_scorer
+from facegan.scoring import training_scorer
 from facegan.run_tracker import MemoryTracker
 from facegan.synthetic import synthetic_faces
 from facegan.training import train
