@@ -60,6 +60,8 @@ __all__ = [
     "features_to_statistics",
     "kid_subsets",
     "memorised_share",
+    "NearestTraining",
+    "nearest_training",
     "score",
     "score_features",
     "statistics_to_fid",
@@ -654,6 +656,41 @@ def memorised_share(features: np.ndarray, reference: RealReference, sample_size:
     for block_rows, block in _squared_distance_blocks(rows, reference.features, same=False):
         nearest_sq[block_rows] = block.min(axis=1)
     return float((np.sqrt(nearest_sq) < threshold).mean())
+
+
+@dataclass(frozen=True)
+class NearestTraining:
+    """Each row's two nearest training images: ``index`` of the nearest, distances ``first`` and
+    ``second`` (feature space). ``ratio = first / second`` is Gu et al. 2023's memorisation ratio:
+    a copy of one training image is far closer to it than to any other (ratio near 0); a novel
+    sample, sharp or blurry, is about as close to its nearest as to its second nearest."""
+
+    index: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+    @property
+    def ratio(self) -> np.ndarray:
+        return self.first / np.maximum(self.second, np.finfo(float).tiny)
+
+
+def nearest_training(features: np.ndarray, training: np.ndarray, *, exclude_self: bool = False) -> NearestTraining:
+    """The two nearest rows of ``training`` to each row of ``features`` (block by block).
+
+    ``exclude_self``: ``features`` is ``training`` itself (leave-one-out: a row's distance to
+    itself does not count).
+    """
+    rows = _check_features(features, "generated", min_rows=1)
+    reference = _check_features(training, "training", min_rows=2 + int(exclude_self), dim=rows.shape[1])
+    index = np.empty(len(rows), dtype=np.int64)
+    first, second = np.empty(len(rows)), np.empty(len(rows))
+    for block_rows, block in _squared_distance_blocks(rows, reference, same=exclude_self):
+        two = np.argpartition(block, 1, axis=1)[:, :2]
+        pair = np.take_along_axis(block, two, axis=1)
+        order = np.argsort(pair, axis=1)
+        two, pair = np.take_along_axis(two, order, axis=1), np.take_along_axis(pair, order, axis=1)
+        index[block_rows], first[block_rows], second[block_rows] = two[:, 0], np.sqrt(pair[:, 0]), np.sqrt(pair[:, 1])
+    return NearestTraining(index, first, second)
 
 
 def score_features(fake_features: np.ndarray, real_features: np.ndarray, **reference_options) -> dict[str, float]:
