@@ -27,17 +27,16 @@ The rule, in plain words:
    between neighbours / 0.954, which estimates a standard deviation and ignores a slow trend),
    once there are at least three of them. Only recent ones count: the big jumps of the first
    epochs of learning say nothing about how much a trained generator wanders. In a trained
-   feature space good checkpoints' diversity wanders by more than a fixed floor (on the collapse
-   benchmark's encoder runs by about 0.07 either way, while a collapse halves it), and a
-   tolerance below that wander calls ordinary checkpoints collapsed.
+   feature space good checkpoints' diversity wanders by more than a fixed floor, and a
+   tolerance below that wander calls ordinary checkpoints collapsed (figures in
+   ``experiments/RESULTS.md``, "Figures behind the docstrings").
    Diversity counts up to 1 (more spread than the real data is not better). The best held
    diversity and the lowest held duplicate share only count runs of checkpoints whose coverage
    was within the coverage tolerance of the best held coverage, this one's included, and at
    least ``min_coverage`` (1% of the real images): an untrained generator's noise can look
    diverse while covering nothing, and a generator still learning draws alike samples before it
-   covers more. (At 80 x 80 on a GPU, the collapse benchmark's runs drew ever more near-duplicates
-   while they learned: the duplicate share rose from 0.12 to 0.61 as the ground truth's modes rose
-   from 11 to 47, and comparing it with the first checkpoints' called learning a collapse.)
+   covers more, so comparing its duplicate share with the first checkpoints' would call learning
+   a collapse.
 2. A drop is **collapse** when it lasts: ``patience`` consecutive checkpoints (default 2) all show
    a drop. Each checkpoint of such a stretch is marked collapsed; a single dip that recovers at
    the next checkpoint is not.
@@ -51,18 +50,15 @@ The rule, in plain words:
    collapse.
 4. A run that **ends on a drop shorter than** ``patience`` has no onset yet: nothing says whether
    it is a dip or the start of a collapse until later checkpoints exist. Its first checkpoint is
-   reported (``unconfirmed_epoch``) and, like every checkpoint with a drop, never chosen. (The
-   collapse benchmark's stable runs end on such a one-checkpoint dip about as often as not; calling
-   each an onset was most of the rule's false alarms.)
+   reported (``unconfirmed_epoch``) and, like every checkpoint with a drop, never chosen: stable
+   runs often end on such a one-checkpoint dip, and calling each an onset is a false alarm.
 
 The **choice** (:func:`choose_best`) is the checkpoint with the lowest FID before the onset (all
 checkpoints when there is none), skipping checkpoints that themselves show a drop (passing
 collapses included). Checkpoints whose KID differs from that one's by less than their combined
 KID noise (``sqrt(kid_std_a² + kid_std_b²)``) are reported as tied with it, for the reader; they
-do not change the choice. (An earlier rule gave ties to the higher coverage. On the collapse
-benchmark's histories FID tracks the ground-truth mode count better within a run than KID or
-coverage do, and that tie-break moved the choice to fewer modes twice, 86 to 67 and 76 to 66, and
-to more once, by one mode, within the ground truth's noise.)
+do not change the choice: within a run FID tracks the ground-truth mode count better than KID or
+coverage do, so a tie-break by coverage would move the choice to fewer modes.
 
 Example:
     >>> noise = {"coverage_std": 0.01, "diversity_std": 0.02,

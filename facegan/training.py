@@ -334,8 +334,8 @@ class GAN:
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions natively here (AVX512-BF16 or AMX): only then does
-    bf16 autocast pay off on the CPU (1.3x faster WGAN-GP, 2.4x faster DCGAN/WGAN training on
-    this machine's Xeon, ``experiments/bench_train.py``)."""
+    bf16 autocast pay off on the CPU (``experiments/bench_train.py`` measures it; figures in
+    ``experiments/RESULTS.md``)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
