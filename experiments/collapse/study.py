@@ -101,7 +101,7 @@ class Scale:
     gt_samples: int  # samples per checkpoint the ground truth classifies (the literature uses 26k)
     face_classifier: gt.TrainSettings = gt.FACE_SETTINGS
     # "random", and "encoder": a SimCLR encoder trained on each dataset's real images
-    # (evaluation/encoder.py; facegan evaluate --features torchscript:PATH)
+    # (evaluation/encoder.py; facegan evaluate --features export:PATH)
     features: tuple[str, ...] = ("random", "encoder")
     encoder: EncoderSettings = EncoderSettings()
 
