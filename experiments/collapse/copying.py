@@ -338,15 +338,25 @@ def judge(sets: list[tuple[str, torch.Tensor]], scorer: Scorer, ct: CTReference)
                    enumerate(sets)]
     evaluation = evaluate(checkpoints, scorer)
     memorisation = evaluation.memorisation
+    distance = set(_distance_flags(memorisation))
     points = []
     for (label, images), scored in zip(sets, evaluation.checkpoints):
         value = ct.score(scorer.extractor.extract(images))["ct"]
         points.append({"set": label, **copy_keys(scored.scores), "flagged": evaluation.memorised(scored.epoch),
+                       "distance_flagged": scored.epoch in distance,
                        "ct": round(value, 3), "ct_flagged": bool(value < CT_COPYING),
                        "coverage": round(scored.scores["coverage"], 4)})
     return {"points": points, "threshold": memorisation.threshold, "chance": memorisation.chance,
             "reference": memorisation.reference, "memorisation_onset": memorisation.onset_epoch,
             "collapse_onset": evaluation.collapse.onset_epoch, "rule": _rule_name(evaluation)}
+
+
+def _distance_flags(memorisation) -> list[int]:
+    """The epochs the distance test (the old rule, ``memorised_share``) flags: the deciding test
+    before the ratio test came, a reported one since (``MemorisationResult.tests``)."""
+    if getattr(memorisation, "key", "memorised_share") == "memorised_share" or not hasattr(memorisation, "tests"):
+        return memorisation.memorised_epochs
+    return memorisation.flagged_epochs("distance test")
 
 
 def _rule_name(evaluation) -> str:
@@ -391,6 +401,7 @@ def trained_histories(spaces: dict[str, str], tracking_uri: str, seeds: tuple[in
             memorisation = evaluation.memorisation
             runs.append({**summary, "features": space, "run_id": run_id,
                          "memorised_epochs": memorisation.memorised_epochs,
+                         "distance_test_epochs": _distance_flags(memorisation),
                          "memorisation_onset": memorisation.onset_epoch,
                          "memorisation_threshold": memorisation.threshold, "rule": _rule_name(evaluation)})
             log(f"  [{space}] copying at {memorisation.memorised_epochs or 'none'}; collapse onset "
@@ -404,7 +415,15 @@ def trained_histories(spaces: dict[str, str], tracking_uri: str, seeds: tuple[in
 
 
 def _calls(points: list[dict], key: str) -> str:
-    return "".join("X" if p[key] else "." for p in points)
+    return "".join(_mark(p.get(key, p["flagged"])) for p in points)
+
+
+def _mark(flag: bool) -> str:
+    return "X" if flag else "."
+
+
+def _share(point: dict, key: str) -> str:
+    return f"{point[key]:.3f}" if key in point else "n/a"
 
 
 def markdown(result: dict) -> str:
@@ -414,46 +433,52 @@ def markdown(result: dict) -> str:
              f"C_T < {CT_COPYING}. Total {result['seconds_total']:.0f} s.", ""]
     if result.get("degraded"):
         lines += ["## Degraded ladders (novel faces, 0% copied): none should be flagged", "",
-                  "| features | samples | set | score | rule | C_T | C_T call |", "|---|---|---|---|---|---|---|"]
+                  "| features | samples | set | memorised share | copy share | rule | distance test (old rule) | C_T "
+                  "| C_T call |", "|---|---|---|---|---|---|---|---|---|"]
         for key, ladder in result["degraded"].items():
             space, size = key.split("/")
             for p in ladder["points"]:
-                score = p.get("copy_share", p.get("memorised_share"))
-                lines.append(f"| {space} | {size} | {p['set']} | {score:.3f} | {'X' if p['flagged'] else '.'} | "
-                             f"{p['ct']:.1f} | {'X' if p['ct_flagged'] else '.'} |")
+                lines.append(f"| {space} | {size} | {p['set']} | {_share(p, 'memorised_share')} | "
+                             f"{_share(p, 'copy_share')} | {_mark(p['flagged'])} | "
+                             f"{_mark(p.get('distance_flagged', p['flagged']))} | {p['ct']:.1f} | "
+                             f"{_mark(p['ct_flagged'])} |")
         lines += [""]
     if result.get("copies"):
         lines += ["## Copy ladders: flagged at " + ", ".join(f"{s:.0%}" for s in COPY_SHARES)
                   + " copied (0%: none should be; the others all should)", "",
-                  "| features | samples | copies | score at each share | rule | C_T at each share | C_T call |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| features | samples | copies | rule's share at each copied share | rule | distance test "
+                  "(old rule) | C_T at each share | C_T call |", "|---|---|---|---|---|---|---|---|"]
         for key, ladder in result["copies"].items():
             space, size, kind = key.split("/")
             scores = ", ".join(f"{p.get('copy_share', p.get('memorised_share')):.3f}" for p in ladder["points"])
             cts = ", ".join(f"{p['ct']:.1f}" for p in ladder["points"])
-            lines.append(f"| {space} | {size} | {kind} | {scores} | {_calls(ladder['points'], 'flagged')} | {cts} | "
+            lines.append(f"| {space} | {size} | {kind} | {scores} | {_calls(ladder['points'], 'flagged')} | "
+                         f"{_calls(ladder['points'], 'distance_flagged')} | {cts} | "
                          f"{_calls(ladder['points'], 'ct_flagged')} |")
         lines += [""]
     if result.get("histories"):
         lines += ["## Long histories of degraded novel faces (no copying, no collapse)", "",
-                  "| features | history | checkpoints | called copying (rule) | called copying (C_T) | "
-                  "memorisation onset | collapse onset | C_T min / median |", "|---|---|---|---|---|---|---|---|"]
+                  "| features | history | checkpoints | called copying (rule) | (distance test) | called copying (C_T) | "
+                  "memorisation onset | collapse onset | C_T min / median |", "|---|---|---|---|---|---|---|---|---|"]
         for key, history in result["histories"].items():
             space, name = key.split("/")
             points = history["points"]
             cts = [p["ct"] for p in points]
             lines.append(f"| {space} | {name} | {len(points)} | {sum(p['flagged'] for p in points)} | "
+                         f"{sum(p.get('distance_flagged', p['flagged']) for p in points)} | "
                          f"{sum(p['ct_flagged'] for p in points)} | {history['memorisation_onset']} | "
                          f"{history['collapse_onset']} | {min(cts):.1f} / {np.median(cts):.1f} |")
         lines += [""]
     if result.get("trained"):
         lines += ["## Long trained stable runs (MLflow store, score_run)", "",
-                  "| run | features | checkpoints | called copying | memorisation onset | collapse onset | GT onset |"
-                  " GT modes first / best / last |", "|---|---|---|---|---|---|---|---|"]
+                  "| run | features | checkpoints | called copying | (distance test) | memorisation onset | "
+                  "collapse onset | GT onset | GT modes first / best / last |", "|---|---|---|---|---|---|---|---|---|"]
         for r in result["trained"]:
             modes = [c["gt"]["modes"] for c in r["checkpoints"]]
+            distance = r.get("distance_test_epochs", r["memorised_epochs"])
             lines.append(f"| {r['run']} | {r['features']} | {len(r['checkpoints'])} | "
-                         f"{len(r['memorised_epochs'])} {r['memorised_epochs'] or ''} | {r['memorisation_onset']} | "
+                         f"{len(r['memorised_epochs'])} {r['memorised_epochs'] or ''} | {len(distance)} | "
+                         f"{r['memorisation_onset']} | "
                          f"{r['detected_onset']} | {r['gt_onset']} | {modes[0]} / {max(modes)} / {modes[-1]} |")
         lines += [""]
     lines += ["## Totals", ""] + [f"- {k}: {v}" for k, v in result["totals"].items()]
@@ -465,29 +490,37 @@ def totals(result: dict) -> dict:
     """False alarms and misses, rule and C_T."""
     out = {}
     degraded = [p for ladder in result.get("degraded", {}).values() for p in ladder["points"]]
+    whos = (("rule", "flagged"), ("distance test", "distance_flagged"), ("C_T", "ct_flagged"))
+
+    def flagged(point: dict, key: str) -> bool:
+        return bool(point.get(key, point["flagged"]))
+
     if degraded:
-        out["degraded sets flagged (rule)"] = f"{sum(p['flagged'] for p in degraded)} of {len(degraded)}"
-        out["degraded sets flagged (C_T)"] = f"{sum(p['ct_flagged'] for p in degraded)} of {len(degraded)}"
+        for who, key in whos:
+            out[f"degraded sets flagged ({who})"] = f"{sum(flagged(p, key) for p in degraded)} of {len(degraded)}"
     zero = [ladder["points"][0] for ladder in result.get("copies", {}).values()]
     copied = [p for ladder in result.get("copies", {}).values() for p in ladder["points"][1:]]
     if copied:
-        for who, key in (("rule", "flagged"), ("C_T", "ct_flagged")):
-            out[f"0%-copied sets flagged ({who})"] = f"{sum(p[key] for p in zero)} of {len(zero)}"
-            out[f"copy sets (2-10%) missed ({who})"] = f"{sum(not p[key] for p in copied)} of {len(copied)}"
+        for who, key in whos:
+            out[f"0%-copied sets flagged ({who})"] = f"{sum(flagged(p, key) for p in zero)} of {len(zero)}"
+            out[f"copy sets (2-10%) missed ({who})"] = f"{sum(not flagged(p, key) for p in copied)} of {len(copied)}"
             for share in COPY_SHARES[1:]:
                 at = [p for ladder in result["copies"].values() for p in ladder["points"] if p["set"] == share]
-                out[f"missed at {share:.0%} copied ({who})"] = f"{sum(not p[key] for p in at)} of {len(at)}"
+                out[f"missed at {share:.0%} copied ({who})"] = f"{sum(not flagged(p, key) for p in at)} of {len(at)}"
     points = [p for h in result.get("histories", {}).values() for p in h["points"]]
     if points:
-        out["degraded-history checkpoints called copying (rule)"] = f"{sum(p['flagged'] for p in points)} of {len(points)}"
-        out["degraded-history checkpoints called copying (C_T)"] = (
-            f"{sum(p['ct_flagged'] for p in points)} of {len(points)}")
+        for who, key in whos:
+            out[f"degraded-history checkpoints called copying ({who})"] = (
+                f"{sum(flagged(p, key) for p in points)} of {len(points)}")
         out["degraded-history collapse onsets"] = sum(h["collapse_onset"] is not None
                                                       for h in result["histories"].values())
     if result.get("trained"):
         runs = result["trained"]
-        out["trained-run checkpoints called copying"] = (f"{sum(len(r['memorised_epochs']) for r in runs)} of "
-                                                         f"{sum(len(r['checkpoints']) for r in runs)}")
+        count = sum(len(r["checkpoints"]) for r in runs)
+        out["trained-run checkpoints called copying (rule)"] = (f"{sum(len(r['memorised_epochs']) for r in runs)} "
+                                                                f"of {count}")
+        out["trained-run checkpoints called copying (distance test)"] = (
+            f"{sum(len(r.get('distance_test_epochs', r['memorised_epochs'])) for r in runs)} of {count}")
         out["trained-run collapse onsets"] = f"{sum(r['detected_onset'] is not None for r in runs)} of {len(runs)}"
     return out
 
@@ -527,7 +560,8 @@ def compare_markdown(before: dict, after: dict) -> str:
                          f"{q['gt_onset']} |")
         lines += [""]
     lines += ["## Totals", "", "| figure | before | after |", "|---|---|---|"]
-    lines += [f"| {k} | {before['totals'].get(k, '')} | {v} |" for k, v in after["totals"].items()]
+    lines += [f"| {k} | {before['totals'].get(k, before['totals'].get(k.replace(' (rule)', ''), ''))} | {v} |"
+              for k, v in after["totals"].items()]
     return "\n".join(lines) + "\n"
 
 
