@@ -64,3 +64,28 @@ def test_copy_ladders_copy_the_share_asked_for():
             distinct = len({image.numpy().tobytes() for image in images[: round(share * 100)]})
             if kind == "exact-handful" and share:  # noisy copies of a handful differ pixel by pixel
                 assert distinct <= copying.HANDFUL
+
+
+def test_replay_judges_histories_stored_before_the_copy_test_by_the_distance_test_only(tmp_path):
+    import json
+
+    from experiments import RESULTS_DIR
+    from experiments.collapse import replay
+
+    stored = json.loads((RESULTS_DIR / "collapse_benchmark-quick.json").read_text())
+    run = stored["histories"]["runs"][0]
+    assert "copy_share" not in run["checkpoints"][0]  # scored before the ratio test existed
+    again = replay.replay_run(run)
+    assert again["memorisation_threshold"] is None and again["memorised_epochs"] == []
+    assert again["distance_test_epochs"] == []  # its largest memorised share is far below the threshold
+    # With a copy share planted on every checkpoint of a copy of it, the ratio test judges it.
+    planted = json.loads(json.dumps(run))
+    planted["noise"] = {**planted["noise"], "copy_share_heldout": 0.0, "heldout_size": 1000}
+    for checkpoint in planted["checkpoints"]:
+        checkpoint["copy_share"] = 0.5 if checkpoint["epoch"] >= planted["checkpoints"][-2]["epoch"] else 0.0
+    again = replay.replay_run(planted)
+    assert again["memorised_epochs"] == [c["epoch"] for c in planted["checkpoints"][-2:]]
+    path = tmp_path / "again.json"
+    path.write_text(json.dumps({**stored, "histories": {**stored["histories"], "runs": [planted]}}))
+    text = replay.against(RESULTS_DIR / "collapse_benchmark-quick.json", path)
+    assert f"| {run['run']} | {run['features']} | yes |" in text

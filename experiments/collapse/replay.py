@@ -15,6 +15,7 @@ so the replay gives the same picks as such a run would).
 Usage::
 
     python -m experiments.collapse.replay [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
+    python -m experiments.collapse.replay --against STORED.json RESULT.json   (the same benchmark run again)
 
 The output starts with ``# commit:`` / ``# command:`` lines (:mod:`experiments.provenance`), for
 when it is kept as a result.
@@ -130,6 +131,32 @@ def _distance_cell(run: dict) -> str:
     return ", ".join(map(str, run["distance_test_epochs"])) or "none"
 
 
+def against(old_path: Path, new_path: Path) -> str:
+    """A benchmark run again (``new_path``) against a stored one (``old_path``): per run and feature
+    space, the stored judgement against today's rules on the new scores, and the ground truth (same seeds: the same runs when
+    the ground-truth modes agree)."""
+    old, new = (json.loads(path.read_text()) for path in (old_path, new_path))
+    # "then": as stored (the rule of its day); the distance test's flags on its stored shares.
+    old_runs = {(r["run"], r.get("features")): {**r, "distance_test_epochs": again["distance_test_epochs"]}
+                for r, again in zip(old["histories"]["runs"], replay(old)[0])}
+    lines = [f"## {new_path.name} against {old_path.name}", "",
+             "| run | features | same GT modes | choice (GT modes) then / now | onset then / now | GT onset "
+             "then / now | copying now (ratio test) | distance test then / now |", "|---|---|---|---|---|---|---|---|"]
+    for run in replay(new)[0]:
+        before = old_runs.get((run["run"], run.get("features")))
+        if before is None:
+            continue
+        same = [c["gt"]["modes"] for c in before["checkpoints"]] == [c["gt"]["modes"] for c in run["checkpoints"]]
+
+        def choice(r: dict) -> str:
+            return f"{r['picks']['facegan']['epoch']} ({r['picks']['facegan']['modes']})"
+
+        lines.append(f"| {run['run']} | {run.get('features', '')} | {'yes' if same else 'no'} | {choice(before)} / "
+                     f"{choice(run)} | {before['detected_onset']} / {run['detected_onset']} | {before['gt_onset']} / "
+                     f"{run['gt_onset']} | {_copies_cell(run)} | {_distance_cell(before)} / {_distance_cell(run)} |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -138,7 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", type=Path,
                         help="benchmark JSON files [default: experiments/results/collapse_benchmark*.json]")
+    parser.add_argument("--against", type=Path, metavar="STORED.json",
+                        help="instead: compare the one RESULT.json (the same benchmark run again) with STORED.json, "
+                             "both judged by today's rules")
     args = parser.parse_args(argv)
+    if args.against is not None:
+        if len(args.results) != 1:
+            parser.error("--against takes exactly one RESULT.json")
+        provenance.announce(__spec__.name, argv)
+        print(against(args.against, args.results[0]))
+        return 0
     paths = args.results or sorted(RESULTS_DIR.glob("collapse_benchmark*.json"))
     if not paths:
         parser.error(f"no benchmark results under {RESULTS_DIR}; run python -m experiments.collapse.benchmark first")
