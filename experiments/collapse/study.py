@@ -51,7 +51,7 @@ from scipy.stats import spearmanr
 
 from evaluation.encoder import EncoderSettings
 from evaluation.memorisation import detect_memorisation
-from evaluation.metrics import RealReference, calibrate_noise, memorised_share, score
+from evaluation.metrics import RealReference, calibrate_noise, copy_share, memorised_share, score
 from facegan.common import to_uint8
 from facegan.config import load_config
 from facegan.synthetic import synthetic_faces
@@ -190,14 +190,17 @@ def score_copying(domain: Domain, extractors: dict, references: dict, num_sample
     for space, extractor in extractors.items():
         reference = references[space]
         noise = calibrate_noise(reference, num_samples)
-        noise["memorised_share_heldout"] = memorised_share(extractor.extract(held_out), reference, num_samples)
+        held_features = extractor.extract(held_out)
+        noise["memorised_share_heldout"] = memorised_share(held_features, reference, num_samples)
+        noise["copy_share_heldout"] = copy_share(held_features, reference.features)  # the deciding test's chance
         noise["heldout_size"] = num_samples
         result[space] = {"noise": noise}
         for kind in ("exact", "noisy"):
             points = []
             for share, images in copying_ladder(domain, num_samples, noisy=kind == "noisy"):
-                memorised = score(extractor.extract(images), reference)["memorised_share"]
-                points.append({"copied_share": share, "memorised_share": memorised})
+                scores = score(extractor.extract(images), reference)
+                points.append({"copied_share": share, "memorised_share": scores["memorised_share"],
+                               "copy_share": scores["copy_share"], "num_samples": len(images)})
             rule = detect_memorisation([{"epoch": i, **p} for i, p in enumerate(points)], noise)
             for point, flagged in zip(points, rule.memorised):
                 point["flagged"] = flagged
