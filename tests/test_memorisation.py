@@ -231,3 +231,19 @@ def test_a_generator_that_hands_back_its_training_faces_is_named_and_never_chose
     tests = summary["memorisation"]["tests"]
     assert tests[RATIO_TEST]["chance_source"] == result.memorisation.reference and "checkpoints" not in tests[RATIO_TEST]
     assert math.isclose(tests[RATIO_TEST]["threshold"], result.memorisation.threshold)
+
+
+def test_training_judge_stops_on_two_copying_checkpoints(tmp_path, monkeypatch):
+    """While training: a generator that starts handing back its training faces stops the run (kind ``copying``)."""
+    from evaluation.online import TrainingJudge
+
+    monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
+    real = synthetic_faces(400, 32, seed=0)
+    scorer = Scorer(get_extractor("random"), RealImages(real.images, real.digest), 200)
+    judge = TrainingJudge(scorer, rule=StopRule(on_collapse=True))
+    healthy, copier = PoolGenerator(600, noise=0.1, seed=100), PoolGenerator(400, noise=0.01, seed=0)
+    assert judge.checkpoint_written(1, healthy) is None
+    assert judge.checkpoint_written(2, copier) is None  # one copying checkpoint: not confirmed
+    kind, reason = judge.checkpoint_written(3, copier)
+    assert kind == "copying" and reason.startswith("copying confirmed at epoch 3: epochs 2 and 3 both copy")
+    assert "leave-one-out within the training images (400" in reason and judge.evaluation.best_epoch == 1

@@ -191,17 +191,17 @@ def score_copying(domain: Domain, extractors: dict, references: dict, num_sample
     for space, extractor in extractors.items():
         reference = references[space]
         noise = calibrate_noise(reference, num_samples)
-        held = extractor.extract(held_out)
-        noise["memorised_share_heldout"] = memorised_share(held, reference, num_samples)
-        noise["copy_share_heldout"] = copy_share(held, reference.features)  # as evaluation.engine.Scorer.noise
+        held_features = extractor.extract(held_out)
+        noise["memorised_share_heldout"] = memorised_share(held_features, reference, num_samples)
+        noise["copy_share_heldout"] = copy_share(held_features, reference.features)  # the deciding test's chance
         noise["heldout_size"] = num_samples
         result[space] = {"noise": noise}
         for kind in ("exact", "noisy"):
             points = []
             for share, images in copying_ladder(domain, num_samples, noisy=kind == "noisy"):
                 scores = score(extractor.extract(images), reference)
-                points.append({"copied_share": share, "copy_share": scores["copy_share"],
-                               "memorised_share": scores["memorised_share"]})
+                points.append({"copied_share": share, "memorised_share": scores["memorised_share"],
+                               "copy_share": scores["copy_share"], "num_samples": len(images)})
             rule = detect_memorisation([{"epoch": i, **p} for i, p in enumerate(points)], noise)
             distance = set(rule.flagged_epochs("distance test"))
             for index, (point, flagged) in enumerate(zip(points, rule.memorised)):
