@@ -51,6 +51,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -654,6 +655,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["trained"] = trained_histories(spaces, args.tracking_uri, tuple(args.trained_seeds),
                                               args.trained_epochs, args.checkpoint_every, HISTORY_SAMPLES, 2000, log)
         rule = rule or result["trained"][0]["rule"]
+    shutil.rmtree(folder, ignore_errors=True)  # this run's feature cache (and its encoder, unless --keep-encoder)
     result["rule"] = rule or "n/a"
     result["totals"] = totals(result)
     result["seconds_total"] = time.perf_counter() - started
