@@ -317,11 +317,12 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
         scope = f"before the collapse onset at epoch {onset}"
     originals = [c for c in pool if c["epoch"] not in copied]
     if not originals:  # every candidate copies: the one that copies least, said plainly
-        chosen = min(pool, key=lambda c: (c["memorised_share"], c["fid"]))
+        key = memorisation.key
+        chosen = min(pool, key=lambda c: (c[key], c["fid"]))
         return Choice(epoch=int(chosen["epoch"]), tied_epochs=[int(chosen["epoch"])],
-                      reason=f"every candidate {scope} copies training images beyond chance (memorised share > "
-                             f"{memorisation.threshold:.3f}); epoch {chosen['epoch']} copies the least "
-                             f"({chosen['memorised_share']:.3f})")
+                      reason=f"every candidate {scope} copies training images beyond chance ({memorisation.test}: "
+                             f"{key.replace('_', ' ')} > {memorisation.threshold:.3f}); epoch {chosen['epoch']} "
+                             f"copies the least ({chosen[key]:.3f})")
     if len(originals) < len(pool):
         scope += (", skipping checkpoints that copy training images (epoch "
                   + ", ".join(str(c["epoch"]) for c in pool if c["epoch"] in copied) + ")")
@@ -332,7 +333,7 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
         collapsed = dict(zip(collapse.epochs, collapse.collapsed))
         before_end = math.inf if collapse.unconfirmed_epoch is None else collapse.unconfirmed_epoch
         dips = [c["epoch"] for c in pool if drops[c["epoch"]] and not collapsed[c["epoch"]] and c["epoch"] < before_end]
-        if dips:  # too short to be a collapse, and the run came back: named, as the table does not mark them
+        if dips:  # too short to be a collapse, and the run came back: named (the table marks them too)
             notes.append(f"{'a dip' if len(dips) == 1 else 'dips'} at epoch {', '.join(map(str, dips))}")
         if collapse.passing_epochs:
             notes.append(f"passing collapse at epoch {', '.join(map(str, collapse.passing_epochs))}")

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from evaluation.collapse import choose_best, detect_collapse
 from evaluation.features import FeatureExtractor
 from evaluation.memorisation import detect_memorisation
-from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, memorised_share, score
+from evaluation.metrics import SCORE_KEYS, RealReference, calibrate_noise, copy_share, memorised_share, score
 from evaluation.ranking import Evaluation, Scored, pyplot, scores_figure
 from facegan.common import atomic_write, to_uint8
 from facegan.errors import FaceganError
@@ -51,7 +51,7 @@ LATENT_SEED = 20240601  # every generator checkpoint draws the same latents
 GENERATION_BATCH = 250
 DEFAULT_NUM_SAMPLES = 2000
 # Bump when calibrate_noise changes what it returns for the same reference and size.
-_NOISE_CACHE_VERSION = 2
+_NOISE_CACHE_VERSION = 3  # 3: the copy test's chance levels (copy_share_loo, copy_share_heldout)
 
 
 def cache_dir() -> Path:
@@ -214,6 +214,7 @@ class Scorer:
                 if self.real.holdout is not None:  # novel real images: the chance level of copying
                     held = self.extractor.extract(self.real.holdout())
                     noise["memorised_share_heldout"] = memorised_share(held, self.reference, size)
+                    noise["copy_share_heldout"] = copy_share(held, self.reference.features)
                     noise["heldout_size"] = int(held.shape[0])
                 self._noise[size] = noise
                 text = json.dumps(self._noise[size]).encode()
@@ -260,7 +261,7 @@ def decide(scored: list[Scored], noise: dict[str, float], *, space: str, note: s
     :mod:`evaluation.memorisation`) on scored checkpoints. ``real_digest`` names the real images
     the scores are against (scores against other images are not comparable)."""
     scored = sorted(scored, key=lambda c: c.epoch)
-    rows = [{"epoch": c.epoch, **c.scores} for c in scored]
+    rows = [{"epoch": c.epoch, **c.scores, "num_samples": c.num_samples or num_samples} for c in scored]
     collapse = detect_collapse(rows, noise)
     memorisation = detect_memorisation(rows, noise)
     return Evaluation(space, note, scored, collapse, choose_best(rows, collapse, memorisation), noise, num_samples,

@@ -12,11 +12,15 @@ Two stopping rules (:class:`StopRule`), alone or together:
 - **on collapse**: stop once the collapse rule confirms an onset (:mod:`evaluation.collapse`:
   a drop lasting ``patience`` checkpoints). With the default patience of 2 that is the
   checkpoint after the onset.
+  With it, also stop on **lasting copying**: the last two checkpoints both copy training images
+  beyond chance (:mod:`evaluation.memorisation`), confirmed by two checkpoints running as a
+  collapse is (kind ``copying``).
 - **patience** (the published advice for GANs: stop when FID has not reached a new minimum for
   3 to 5 checkpoints): stop after K checkpoints in a row none of which became the choice.
 
 A run that was stopped and then resumed by a user who disagreed is not stopped again for the
-same reason: only onsets after the epoch it stopped at count, and patience counts from there.
+same reason: only onsets (and copying checkpoints) after the epoch it stopped at count, and
+patience counts from there.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ class StopRule:
     """When training stops early.
 
     Attributes:
-        on_collapse: stop when the collapse rule confirms an onset.
+        on_collapse: stop when the collapse rule confirms an onset, or when the last two
+            checkpoints both copy training images.
         patience: stop after this many checkpoints in a row without a new choice (None: never).
         after_epoch: only what happens after this epoch counts (the epoch a resumed run had
             stopped at before).
@@ -56,12 +61,22 @@ class StopRule:
         return self.on_collapse or self.patience is not None
 
     def reason(self, evaluation: Evaluation) -> tuple[str, str] | None:
-        """``(kind, sentence)`` when training should stop now (kind ``collapse`` or ``patience``), else None."""
+        """``(kind, sentence)`` when training should stop now (kind ``collapse``, ``copying`` or
+        ``patience``), else None."""
         onset = evaluation.collapse.onset_epoch
+        last = evaluation.checkpoints[-1].epoch
         if self.on_collapse and onset is not None and onset > self.after_epoch:
-            last = evaluation.checkpoints[-1].epoch
             return "collapse", (f"collapse confirmed at epoch {last}: onset at epoch {onset}; "
                                 f"best checkpoint epoch {evaluation.best_epoch}")
+        memorisation = evaluation.memorisation
+        recent = [c.epoch for c in evaluation.checkpoints[-2:] if c.epoch > self.after_epoch]
+        if (self.on_collapse and memorisation is not None and len(recent) == 2
+                and all(evaluation.memorised(epoch) for epoch in recent)):
+            shares = ", ".join(f"{evaluation.checkpoints[i].scores[memorisation.key]:.3f}" for i in (-2, -1))
+            return "copying", (f"copying confirmed at epoch {last}: epochs {recent[0]} and {recent[1]} both copy "
+                               f"training images ({memorisation.test}: copy shares {shares} above "
+                               f"{memorisation.threshold:.3f}; by chance {memorisation.chance:.3f}, from "
+                               f"{memorisation.reference}); best checkpoint epoch {evaluation.best_epoch}")
         if self.patience is not None:
             since = max(evaluation.best_epoch, self.after_epoch)
             without = [c.epoch for c in evaluation.checkpoints if c.epoch > since]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.collapse import Choice, CollapseResult
-from evaluation.memorisation import MemorisationResult
+from evaluation.memorisation import DISTANCE_TEST, RATIO_TEST, MemorisationResult
 from evaluation.metrics import SCORE_KEYS
 
 
@@ -48,8 +48,24 @@ class Evaluation:
     registration_lines: list[str] = field(default_factory=list)  # what registering the choice did, for people
 
     def memorised(self, epoch: int) -> bool:
-        """Whether the checkpoint at ``epoch`` copies training images beyond chance."""
+        """Whether the checkpoint at ``epoch`` copies training images beyond chance (the deciding test)."""
         return self.memorisation is not None and epoch in self.memorisation.memorised_epochs
+
+    def _test_rows(self) -> dict[int, dict[str, dict]]:
+        """Per epoch, per copy test: the figures that test decided on."""
+        rows: dict[int, dict[str, dict]] = {}
+        if self.memorisation is not None:
+            for name, test in self.memorisation.tests.items():
+                for row in test.get("checkpoints", []):
+                    rows.setdefault(row["epoch"], {})[name] = {k: v for k, v in row.items() if k != "epoch"}
+        return rows
+
+    def _dips(self) -> set[int]:
+        """Epochs of a drop too short to be a collapse that the run came back from (what the
+        choice's reason names as a dip)."""
+        unconfirmed = self.collapse.unconfirmed_epoch
+        return {e for e, drop, collapsed in zip(self.collapse.epochs, self.collapse.drops, self.collapse.collapsed)
+                if drop and not collapsed and (unconfirmed is None or e < unconfirmed)}
 
     @property
     def best_epoch(self) -> int:
@@ -57,6 +73,7 @@ class Evaluation:
 
     def to_json(self) -> dict:
         collapsed = dict(zip(self.collapse.epochs, self.collapse.collapsed))
+        tests = self._test_rows()
         return {
             "features": self.features,
             "features_note": self.note,
@@ -67,8 +84,13 @@ class Evaluation:
             "memorisation_epoch": None if self.memorisation is None else self.memorisation.onset_epoch,
             "memorised_epochs": [] if self.memorisation is None else self.memorisation.memorised_epochs,
             "memorisation": None if self.memorisation is None else {
+                "test": self.memorisation.test, "key": self.memorisation.key,
                 "threshold": self.memorisation.threshold, "chance": self.memorisation.chance,
-                "reference": self.memorisation.reference},
+                "reference": self.memorisation.reference, "sample_size": self.memorisation.sample_size,
+                # each test's rule, parameters, threshold and chance level with its source; the
+                # per-checkpoint figures are in each checkpoint's "copy_tests"
+                "tests": {name: {k: v for k, v in test.items() if k != "checkpoints"}
+                          for name, test in self.memorisation.tests.items()}},
             "choice_reason": self.choice.reason,
             "run_id": self.run_id,
             "registered": self.registered,
@@ -77,7 +99,8 @@ class Evaluation:
             "num_samples": self.num_samples,
             "checkpoints": [
                 {"epoch": c.epoch, **{k: c.scores[k] for k in SCORE_KEYS if k in c.scores},
-                 "collapsed": collapsed[c.epoch], "memorised": self.memorised(c.epoch), "model_id": c.model_id}
+                 "collapsed": collapsed[c.epoch], "memorised": self.memorised(c.epoch),
+                 "copy_tests": tests.get(c.epoch, {}), "model_id": c.model_id}
                 for c in self.checkpoints
             ],
             "thresholds": self.collapse.thresholds,
@@ -114,6 +137,8 @@ class Evaluation:
                 f"{'dupl':>5} {'copy':>5}  ")
         lines = [head, "-" * len(head)]
         unconfirmed = self.collapse.unconfirmed_epoch
+        dips = self._dips()
+        tests = self._test_rows()
         for c in self.checkpoints:
             s = c.scores
             mark = []
@@ -126,12 +151,17 @@ class Evaluation:
                             and c.epoch > self.collapse.onset_epoch else "passing collapse")
             elif unconfirmed is not None and c.epoch >= unconfirmed:
                 mark.append("drop, unconfirmed")
+            elif c.epoch in dips:
+                mark.append("dip, recovered")
             if self.memorised(c.epoch):
-                mark.append("memorised" + (" (onset)" if c.epoch == self.memorisation.onset_epoch else ""))
+                onset_mark = ", onset" if c.epoch == self.memorisation.onset_epoch else ""
+                mark.append(f"copying ({self.memorisation.test}{onset_mark})")
+            elif tests.get(c.epoch, {}).get(DISTANCE_TEST, {}).get("flagged"):
+                mark.append(f"near training ({DISTANCE_TEST} only, not deciding)")
             lines.append(
                 f"{c.epoch:>7} {order[c.epoch]:>4} {s['fid']:>9.3f} {s['kid']:>8.4f} {s['precision']:>5.2f} "
                 f"{s['recall']:>6.2f} {s['coverage']:>5.2f} {s['diversity']:>6.2f} {s['duplicate_share']:>5.2f} "
-                f"{s['memorised_share']:>5.2f}  " + " ".join(mark)
+                f"{s['copy_share']:>5.2f}  " + " ".join(mark)
             )
         onset = self.collapse.onset_epoch
         if onset is not None:
@@ -149,16 +179,27 @@ class Evaluation:
             m = self.memorisation
             copied = m.memorised_epochs
             lines.append(
-                "copying training images: "
+                f"copying training images ({m.test}): "
                 + (f"epochs {', '.join(map(str, copied))}" + (f" (from epoch {m.onset_epoch} on)" if m.onset_epoch else "")
                    if copied else "none detected")
-                + f" (memorised share above {m.threshold:.3f}; by chance {m.chance:.3f}, from {m.reference})")
+                + f" (copy share above {m.threshold:.3f} at {m.sample_size} samples; by chance {m.chance:.3f}, "
+                  f"from {m.reference})")
+            distance = m.tests.get(DISTANCE_TEST)
+            if distance is not None:
+                near = m.flagged_epochs(DISTANCE_TEST)
+                lines.append(
+                    f"{DISTANCE_TEST} (reported, not deciding: near the data in general is not a copy): "
+                    + (f"epochs {', '.join(map(str, near))}" if near else "none")
+                    + f" (memorised share above {distance['threshold']:.3f}; by chance {distance['chance']:.3f}, "
+                      f"from {distance['chance_source']})")
         if unconfirmed is not None:
             reasons = self.collapse.drops[self.collapse.epochs.index(unconfirmed)]
             lines.append(
                 f"unconfirmed drop: from epoch {unconfirmed} to the last checkpoint ({'; '.join(reasons)}); "
                 "too short to tell a dip from a collapse: evaluate again when later checkpoints exist"
             )
+        lines.append("columns: rank = FID rank, prec = precision, cover = coverage, divers = diversity (Vendi vs "
+                     f"real), dupl = duplicate share, copy = copy share ({RATIO_TEST})")
         lines.append(f"features: {self.features} — {self.note}")
         for label, reason in self.skipped:
             lines.append(f"skipped {label}: {reason}")
@@ -187,7 +228,7 @@ def preload_pyplot() -> threading.Thread:
 
 
 def scores_figure(evaluation: Evaluation):
-    """FID and diversity/coverage against epoch, the onset and the choice marked."""
+    """FID, diversity, coverage and the copy share against epoch, the onset, the copies and the choice marked."""
     plt = pyplot()
     epochs = [c.epoch for c in evaluation.checkpoints]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
@@ -197,7 +238,12 @@ def scores_figure(evaluation: Evaluation):
     right = ax.twinx()
     right.plot(epochs, [c.scores["diversity"] for c in evaluation.checkpoints], "s-", color="tab:orange", label="diversity")
     right.plot(epochs, [c.scores["coverage"] for c in evaluation.checkpoints], "^-", color="tab:green", label="coverage")
-    right.set_ylabel("diversity, coverage (higher is better)")
+    right.plot(epochs, [c.scores["copy_share"] for c in evaluation.checkpoints], "d-", color="tab:brown",
+               label=f"copy share ({RATIO_TEST})")
+    if evaluation.memorisation is not None:
+        right.axhline(evaluation.memorisation.threshold, color="tab:brown", linestyle=":", linewidth=1,
+                      label="copy share threshold")
+    right.set_ylabel("diversity, coverage (higher is better); copy share")
     right.set_ylim(0, max(1.05, *[c.scores["diversity"] for c in evaluation.checkpoints]))
     if evaluation.collapse.onset_epoch is not None:
         ax.axvline(evaluation.collapse.onset_epoch, color="tab:red", linestyle="--", label="collapse onset")

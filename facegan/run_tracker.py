@@ -15,7 +15,7 @@ import numpy as np
 
 
 # Run tags a training run that stopped early carries (``facegan train --stop-on-collapse``).
-STOPPED_TAG = "facegan.stopped"  # "collapse", "patience", or "no" when it trained all epochs
+STOPPED_TAG = "facegan.stopped"  # "collapse", "copying", "patience", or "no" when it trained all epochs
 STOPPED_EPOCH_TAG = "facegan.stopped_epoch"
 STOP_REASON_TAG = "facegan.stop_reason"
 

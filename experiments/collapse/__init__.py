@@ -6,5 +6,8 @@
 - ``benchmark_gpu.py``: at 80 x 80 on a bare GPU machine, runs in memory, no MLflow.
 - ``ground_truth.py``: the classifiers that count a sample set's modes.
 - ``ground_truth_noise.py``: how finely those counts resolve, on a stored result's checkpoints.
-- ``replay.py``: today's collapse and memorisation rules on a stored result's scores, in seconds.
+- ``replay.py``: today's collapse and memorisation rules on a stored result's scores, in seconds
+  (``--against``: a benchmark run again against the stored one).
+- ``copying.py``: the copy test against degraded novel faces, 0-10% copied sets and long stable
+  histories, with the old distance test and Meehan et al.'s C_T beside it (issue 26).
 """

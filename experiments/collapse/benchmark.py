@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.encoder import EncoderSettings, save_encoder, train_encoder
+from evaluation.encoder import EncoderSettings, encoder_format, save_encoder, train_encoder
 from evaluation.engine import generator_batches
 from evaluation.features import get_extractor
 from facegan.config import ScoringOptions
@@ -132,8 +132,9 @@ def feature_specs(scale: Scale, name: str, real: torch.Tensor, folder: Path) -> 
             continue
         started = time.perf_counter()
         encoder = train_encoder(real, scale.encoder, progress=False)
-        path = save_encoder(encoder, folder / f"encoder-{name}.pt")
-        specs[space] = f"torchscript:{path}"
+        # A torch.export program, as `facegan encoder` writes (TorchScript is deprecated by PyTorch).
+        path = save_encoder(encoder, folder / f"encoder-{name}.pt2")
+        specs[space] = f"{encoder_format(path)}:{path}"
         info = {"train_images": int(real.shape[0]), "seconds": round(time.perf_counter() - started, 1)}
     return specs, info
 

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.encoder import Encoder, EncoderSettings, save_encoder, train_encoder
+from evaluation.encoder import Encoder, EncoderSettings, encoder_format, save_encoder, train_encoder
 from evaluation.features import get_extractor
 from evaluation.metrics import RealReference
 from evaluation.engine import Scorer, evaluate, generator_batches
@@ -181,14 +181,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto)")
     parser.add_argument("--encoder", type=Path, metavar="FILE",
-                        help="the encoder feature space (TorchScript from `facegan encoder --image-size 80`); "
+                        help="the encoder feature space (from `facegan encoder --image-size 80`: a torch.export .pt2 "
+                             "program, or an older TorchScript .pt); "
                              "default: train one on the real images first")
     parser.add_argument("--scale", choices=sorted(SCALES), default="gpu80",
                         help="gpu80: the CPU benchmark's configuration at 80 x 80 (default); gpu80-lr2e-4: "
                              "the DCGAN paper's learning rates, 100 epochs; tiny: seconds on the CPU, for tests")
     parser.add_argument("--encoder-weights", type=Path, metavar="FILE",
                         help="instead of --encoder: the encoder's weights (torch.save of its state_dict), for a "
-                             "machine whose PyTorch cannot load a TorchScript file written by a newer one")
+                             "machine whose PyTorch cannot load an encoder file written by a newer one")
     parser.add_argument("--no-ladders", action="store_true", help="skip the ladders (they do not depend on "
                         "the scale's runs, except the truncation ladder, which is then skipped too)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         except Exception as exc:  # noqa: BLE001 - not a weights file, or another encoder's: say which
             parser.error(f"--encoder-weights {args.encoder_weights}: not the weights of a width-"
                          f"{scale.encoder.width} facegan encoder ({type(exc).__name__})")
-        args.encoder = save_encoder(encoder.eval(), Path(tempfile.mkdtemp(prefix="facegan-encoder-")) / "encoder.pt")
+        args.encoder = save_encoder(encoder.eval(), Path(tempfile.mkdtemp(prefix="facegan-encoder-")) / "encoder.pt2")
         # The file does not record its training; the scale assumes `facegan encoder`'s default epochs.
         encoder_info = {"weights": str(args.encoder_weights), "epochs": scale.encoder.epochs}
     torch.backends.cudnn.benchmark = True
@@ -242,11 +243,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.encoder is None:
         began = time.perf_counter()
         args.encoder = save_encoder(train_encoder(real.images, scale.encoder, progress=False),
-                                    Path(tempfile.mkdtemp(prefix="facegan-encoder-")) / "encoder.pt")
+                                    Path(tempfile.mkdtemp(prefix="facegan-encoder-")) / "encoder.pt2")
         encoder_info = {"trained_here": asdict(scale.encoder), "seconds": round(time.perf_counter() - began, 1)}
         log(f"encoder trained in {encoder_info['seconds']} s")
     extractors = {"random": get_extractor("random", device=str(device)),
-                  "encoder": get_extractor(f"torchscript:{args.encoder}", device=str(device))}
+                  "encoder": get_extractor(f"{encoder_format(args.encoder)}:{args.encoder}", device=str(device))}
     scorers = {space: Scorer(ex, real_images(real), scale.num_samples, device=device)
                for space, ex in extractors.items()}
 

@@ -15,6 +15,7 @@ so the replay gives the same picks as such a run would).
 Usage::
 
     python -m experiments.collapse.replay [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
+    python -m experiments.collapse.replay --against STORED.json RESULT.json   (the same benchmark run again)
 
 The output starts with ``# commit:`` / ``# command:`` lines (:mod:`experiments.provenance`), for
 when it is kept as a result.
@@ -28,7 +29,7 @@ import sys
 from pathlib import Path
 
 from evaluation.collapse import choose_best, detect_collapse
-from evaluation.memorisation import detect_memorisation
+from evaluation.memorisation import chance_level, detect_memorisation
 from experiments import RESULTS_DIR, provenance
 from experiments.collapse.study import history_targets, judge_run, onset_cell
 
@@ -49,16 +50,33 @@ def replay_run(run: dict) -> dict:
     rows = {c["epoch"]: c for c in checkpoints}
     truth = {c["epoch"]: c["gt"] for c in checkpoints}
     collapse = detect_collapse(checkpoints, run["noise"])
-    memorisation = detect_memorisation(checkpoints, run["noise"]) if "memorised_share" in checkpoints[0] else None
+    # The copy test needs each checkpoint's copy_share and its chance level, which need the
+    # features: histories stored before the ratio test (issue 26) have neither, and only the
+    # distance test (memorised_share, the old rule) can be replayed on them.
+    has_copy_test = "copy_share" in checkpoints[0] and (
+        "copy_share_heldout" in run["noise"] or "copy_share_loo" in run["noise"])
+    memorisation = detect_memorisation(checkpoints, run["noise"]) if has_copy_test else None
     choice = choose_best(checkpoints, collapse, memorisation)
     copies = {
         "memorised_epochs": [] if memorisation is None else memorisation.memorised_epochs,
         "memorisation_threshold": None if memorisation is None else memorisation.threshold,
+        "max_copy_share": max((c.get("copy_share", 0.0) for c in checkpoints), default=0.0),
+        "distance_test_epochs": _distance_test(checkpoints, run["noise"]),
         "max_memorised_share": max((c.get("memorised_share", 0.0) for c in checkpoints), default=0.0),
         # What the memorisation rule alone changes: today's choice without it.
         "choice_without_memorisation": choose_best(checkpoints, collapse).epoch,
     }
     return {**run, **judge_run(rows, truth, choice.epoch, collapse), "choice_reason": choice.reason, **copies}
+
+
+def _distance_test(checkpoints: list[dict], noise: dict) -> list[int] | None:
+    """The epochs the distance test (the rule before issue 26, now reported beside the ratio test)
+    flags on the stored memorised shares; None when they were not stored."""
+    if "memorised_share" not in checkpoints[0]:
+        return None
+    chance, error, _ = chance_level(noise)
+    threshold = chance + max(3.0 * error, 0.02)  # detect_memorisation's sigmas and floor
+    return [c["epoch"] for c in checkpoints if c["memorised_share"] > threshold]
 
 
 def replay(result: dict) -> tuple[list[dict], dict]:
@@ -73,8 +91,9 @@ def report(name: str, result: dict) -> str:
     lines = [f"## {name} ({result['scale']}, encoder {result['settings']['encoder']['epochs']} epochs)", "",
              "GT modes at the pick (epoch); kept = share of the GT best's modes.", "",
              "| run | features | stored choice | replayed choice | kept | lowest FID | GT best "
-             "| stored onset | replayed onset | GT onset | copies (max memorised share / threshold) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| stored onset | replayed onset | GT onset | copying (ratio test: max copy share / threshold) "
+             "| distance test (old rule) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for old, new in zip(result["histories"]["runs"], runs):
         def pick(summary: dict, key: str) -> str:
             return f"{summary['picks'][key]['modes']} (ep {summary['picks'][key]['epoch']})"
@@ -82,11 +101,16 @@ def report(name: str, result: dict) -> str:
         kept = new["picks"]["facegan"]["modes"] / max(new["picks"]["gt_best"]["modes"], 1)
         lines.append(f"| {new['run']} | {new.get('features', '')} | {pick(old, 'facegan')} | {pick(new, 'facegan')} "
                      f"| {kept:.0%} | {pick(new, 'lowest_fid')} | {pick(new, 'gt_best')} | {old['detected_onset']} "
-                     f"| {onset_cell(new)} | {new['gt_onset']} | {_copies_cell(new)} |")
+                     f"| {onset_cell(new)} | {new['gt_onset']} | {_copies_cell(new)} | {_distance_cell(new)} |")
     moved = sum(new["picks"]["facegan"]["epoch"] != new["choice_without_memorisation"] for new in runs)
     copied = sum(len(new["memorised_epochs"]) for new in runs)
+    judged = [r for r in runs if r["memorisation_threshold"] is not None]
+    distance = sum(len(r["distance_test_epochs"] or []) for r in runs)
+    total = sum(len(r["checkpoints"]) for r in runs)
     lines += ["", f"The memorisation rule moves the choice on {moved} of {len(runs)} runs; checkpoints called "
-                  f"copies: {copied} of {sum(len(r['checkpoints']) for r in runs)}."]
+                  f"copying: {copied} of {sum(len(r['checkpoints']) for r in judged)} with a stored copy share "
+                  f"({len(judged)} of {len(runs)} runs); the distance test (old rule) would flag {distance} of "
+                  f"{total}."]
     lines += ["", "| target | stored | replayed |", "|---|---|---|"]
     stored = result["targets"]
     for key, value in targets.items():
@@ -96,9 +120,41 @@ def report(name: str, result: dict) -> str:
 
 def _copies_cell(run: dict) -> str:
     if run["memorisation_threshold"] is None:
-        return "n/a (no memorised share stored)"
+        return "n/a (no copy share stored)"
     listed = ", ".join(map(str, run["memorised_epochs"])) or "none"
-    return f"{listed} ({run['max_memorised_share']:.3f} / {run['memorisation_threshold']:.3f})"
+    return f"{listed} ({run['max_copy_share']:.3f} / {run['memorisation_threshold']:.3f})"
+
+
+def _distance_cell(run: dict) -> str:
+    if run["distance_test_epochs"] is None:
+        return "n/a (no memorised share stored)"
+    return ", ".join(map(str, run["distance_test_epochs"])) or "none"
+
+
+def against(old_path: Path, new_path: Path) -> str:
+    """A benchmark run again (``new_path``) against a stored one (``old_path``): per run and feature
+    space, the stored judgement against today's rules on the new scores, and the ground truth (same seeds: the same runs when
+    the ground-truth modes agree)."""
+    old, new = (json.loads(path.read_text()) for path in (old_path, new_path))
+    # "then": as stored (the rule of its day); the distance test's flags on its stored shares.
+    old_runs = {(r["run"], r.get("features")): {**r, "distance_test_epochs": again["distance_test_epochs"]}
+                for r, again in zip(old["histories"]["runs"], replay(old)[0])}
+    lines = [f"## {new_path.name} against {old_path.name}", "",
+             "| run | features | same GT modes | choice (GT modes) then / now | onset then / now | GT onset "
+             "then / now | copying now (ratio test) | distance test then / now |", "|---|---|---|---|---|---|---|---|"]
+    for run in replay(new)[0]:
+        before = old_runs.get((run["run"], run.get("features")))
+        if before is None:
+            continue
+        same = [c["gt"]["modes"] for c in before["checkpoints"]] == [c["gt"]["modes"] for c in run["checkpoints"]]
+
+        def choice(r: dict) -> str:
+            return f"{r['picks']['facegan']['epoch']} ({r['picks']['facegan']['modes']})"
+
+        lines.append(f"| {run['run']} | {run.get('features', '')} | {'yes' if same else 'no'} | {choice(before)} / "
+                     f"{choice(run)} | {before['detected_onset']} / {run['detected_onset']} | {before['gt_onset']} / "
+                     f"{run['gt_onset']} | {_copies_cell(run)} | {_distance_cell(before)} / {_distance_cell(run)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value) -> str:
@@ -109,7 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", type=Path,
                         help="benchmark JSON files [default: experiments/results/collapse_benchmark*.json]")
+    parser.add_argument("--against", type=Path, metavar="STORED.json",
+                        help="instead: compare the one RESULT.json (the same benchmark run again) with STORED.json, "
+                             "both judged by today's rules")
     args = parser.parse_args(argv)
+    if args.against is not None:
+        if len(args.results) != 1:
+            parser.error("--against takes exactly one RESULT.json")
+        provenance.announce(__spec__.name, argv)
+        print(against(args.against, args.results[0]))
+        return 0
     paths = args.results or sorted(RESULTS_DIR.glob("collapse_benchmark*.json"))
     if not paths:
         parser.error(f"no benchmark results under {RESULTS_DIR}; run python -m experiments.collapse.benchmark first")

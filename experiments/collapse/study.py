@@ -51,7 +51,7 @@ from scipy.stats import spearmanr
 
 from evaluation.encoder import EncoderSettings
 from evaluation.memorisation import detect_memorisation
-from evaluation.metrics import RealReference, calibrate_noise, memorised_share, score
+from evaluation.metrics import RealReference, calibrate_noise, copy_share, memorised_share, score
 from facegan.common import to_uint8
 from facegan.config import load_config
 from facegan.synthetic import synthetic_faces
@@ -101,7 +101,7 @@ class Scale:
     gt_samples: int  # samples per checkpoint the ground truth classifies (the literature uses 26k)
     face_classifier: gt.TrainSettings = gt.FACE_SETTINGS
     # "random", and "encoder": a SimCLR encoder trained on each dataset's real images
-    # (evaluation/encoder.py; facegan evaluate --features torchscript:PATH)
+    # (evaluation/encoder.py; facegan evaluate --features export:PATH)
     features: tuple[str, ...] = ("random", "encoder")
     encoder: EncoderSettings = EncoderSettings()
 
@@ -183,28 +183,34 @@ def copying_ladder(domain: Domain, num_samples: int, *, noisy: bool) -> list[tup
 
 
 def score_copying(domain: Domain, extractors: dict, references: dict, num_samples: int) -> dict:
-    """Per feature space and ladder: the memorised share of each set, Spearman with the copied share,
-    and the smallest copied share the memorisation rule flags (held-out images: fresh ones)."""
+    """Per feature space and ladder: the copy share (and the distance test's memorised share) of each
+    set, Spearman with the copied share, and the smallest copied share the memorisation rule flags
+    (held-out images: fresh ones)."""
     held_out = domain.draw(np.random.default_rng(800).integers(0, domain.num_modes, num_samples), seed=900)
     result = {}
     for space, extractor in extractors.items():
         reference = references[space]
         noise = calibrate_noise(reference, num_samples)
-        noise["memorised_share_heldout"] = memorised_share(extractor.extract(held_out), reference, num_samples)
+        held_features = extractor.extract(held_out)
+        noise["memorised_share_heldout"] = memorised_share(held_features, reference, num_samples)
+        noise["copy_share_heldout"] = copy_share(held_features, reference.features)  # the deciding test's chance
         noise["heldout_size"] = num_samples
         result[space] = {"noise": noise}
         for kind in ("exact", "noisy"):
             points = []
             for share, images in copying_ladder(domain, num_samples, noisy=kind == "noisy"):
-                memorised = score(extractor.extract(images), reference)["memorised_share"]
-                points.append({"copied_share": share, "memorised_share": memorised})
+                scores = score(extractor.extract(images), reference)
+                points.append({"copied_share": share, "memorised_share": scores["memorised_share"],
+                               "copy_share": scores["copy_share"], "num_samples": len(images)})
             rule = detect_memorisation([{"epoch": i, **p} for i, p in enumerate(points)], noise)
-            for point, flagged in zip(points, rule.memorised):
+            distance = set(rule.flagged_epochs("distance test"))
+            for index, (point, flagged) in enumerate(zip(points, rule.memorised)):
                 point["flagged"] = flagged
+                point["distance_test_flagged"] = index in distance  # the rule before issue 26, reported
             flagged_shares = [p["copied_share"] for p in points if p["flagged"]]
             result[space][kind] = {
                 "points": points, "threshold": rule.threshold, "chance": rule.chance,
-                "spearman": _spearman([p["memorised_share"] for p in points], list(COPY_SHARES)),
+                "spearman": _spearman([p["copy_share"] for p in points], list(COPY_SHARES)),
                 "first_flagged_share": min(flagged_shares) if flagged_shares else None,
                 "flagged_at_zero": points[0]["flagged"],
             }
@@ -225,14 +231,14 @@ def copying_targets(copying: dict) -> dict:
 
 
 def copying_markdown(copying: dict) -> list[str]:
-    lines = ["", "## Copying ladders: memorised share against the share of training images copied", "",
-             "| dataset | features | copies | memorised share at " + ", ".join(f"{s:.0%}" for s in COPY_SHARES)
+    lines = ["", "## Copying ladders: copy share against the share of training images copied", "",
+             "| dataset | features | copies | copy share at " + ", ".join(f"{s:.0%}" for s in COPY_SHARES)
              + " copied | Spearman | threshold (chance) | first flagged |", "|---|---|---|---|---|---|---|"]
     for domain, spaces in copying.items():
         for space, ladders in spaces.items():
             for kind in ("exact", "noisy"):
                 ladder = ladders[kind]
-                shares = ", ".join(f"{p['memorised_share']:.3f}" for p in ladder["points"])
+                shares = ", ".join(f"{p['copy_share']:.3f}" for p in ladder["points"])
                 first = ladder["first_flagged_share"]
                 lines.append(f"| {domain} | {space} | {kind} | {shares} | {_fmt(ladder['spearman'])} | "
                              f"{ladder['threshold']:.3f} ({ladder['chance']:.3f}) | "

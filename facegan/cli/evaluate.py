@@ -59,7 +59,7 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
 
     \b
     Metrics per checkpoint: FID, KID, precision/recall, density/coverage, diversity (Vendi score
-    relative to the real data) and duplicate/memorised shares. A checkpoint is collapsed when its
+    relative to the real data), duplicate/memorised shares and the copy share. A checkpoint is collapsed when its
     coverage or diversity falls clearly (beyond what the real data shows by chance and beyond the
     run's own checkpoint-to-checkpoint wobble, and for two checkpoints running) below the best
     the run held for two checkpoints, or its duplicate share jumps; a single drop at the last
@@ -74,8 +74,9 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
     same sample count (--promote moves them anyway); the output says which moved and why the
     others stayed. A second call scores only checkpoints not yet scored in the same feature space.
 
-    A checkpoint whose samples copy training images beyond what chance allows (compared with
-    held-out real images, or a split of the training set) is marked `memorised` and never chosen.
+    A checkpoint with more copies of training images than chance allows (a copy: a sample much
+    closer to one training image than to any other; chance from held-out real images, or each
+    training image against the others) is marked `copying (ratio test)` and never chosen.
 
     With --checkpoints PATTERN, generator checkpoint files made by other code are scored (the
     tutorial's run as it lies on disk: --checkpoints 'run/model.generation.epoch_*.pt' --real

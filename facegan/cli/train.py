@@ -51,7 +51,8 @@ _OPTION_KEYS = {
               help="Score every checkpoint as it is written, as `facegan evaluate --features` would: "
                    + FEATURES_HELP + "; none to skip  [default: none]")
 @click.option("--stop-on-collapse", is_flag=True, default=None,
-              help="With --evaluate: stop once the collapse rule confirms an onset (the checkpoint after it).")
+              help="With --evaluate: stop once the collapse rule confirms an onset (the checkpoint after it), "
+                   "or once two checkpoints running copy training images.")
 @click.option("--stop-patience", type=click.IntRange(min=1), metavar="K",
               help="With --evaluate: stop after K checkpoints in a row without a new best (the published "
                    "patience rule; 3 to 5 is usual).")
