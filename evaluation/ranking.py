@@ -46,6 +46,7 @@ class Evaluation:
     memorisation: MemorisationResult | None = None
     real_digest: str | None = None  # identifies the real images the scores are against
     registration_lines: list[str] = field(default_factory=list)  # what registering the choice did, for people
+    pages: list[str] = field(default_factory=list)  # where its evidence page went (files, MLflow artifacts)
 
     def memorised(self, epoch: int) -> bool:
         """Whether the checkpoint at ``epoch`` copies training images beyond chance."""
@@ -187,17 +188,20 @@ def preload_pyplot() -> threading.Thread:
 
 
 def scores_figure(evaluation: Evaluation):
-    """FID and diversity/coverage against epoch, the onset and the choice marked."""
+    """FID, diversity, coverage and the copy share against epoch, the onset and the choice marked."""
     plt = pyplot()
     epochs = [c.epoch for c in evaluation.checkpoints]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     ax.plot(epochs, [c.scores["fid"] for c in evaluation.checkpoints], "o-", color="tab:blue", label="FID")
     ax.set_xlabel("epoch")
     ax.set_ylabel("FID (lower is better)", color="tab:blue")
     right = ax.twinx()
     right.plot(epochs, [c.scores["diversity"] for c in evaluation.checkpoints], "s-", color="tab:orange", label="diversity")
     right.plot(epochs, [c.scores["coverage"] for c in evaluation.checkpoints], "^-", color="tab:green", label="coverage")
-    right.set_ylabel("diversity, coverage (higher is better)")
+    copies = [c.scores.get("copy_share", c.scores.get("memorised_share")) for c in evaluation.checkpoints]
+    if all(v is not None for v in copies):
+        right.plot(epochs, copies, "d:", color="tab:purple", label="copy share")
+    right.set_ylabel("diversity, coverage, copy share")
     right.set_ylim(0, max(1.05, *[c.scores["diversity"] for c in evaluation.checkpoints]))
     if evaluation.collapse.onset_epoch is not None:
         ax.axvline(evaluation.collapse.onset_epoch, color="tab:red", linestyle="--", label="collapse onset")
@@ -211,7 +215,7 @@ def scores_figure(evaluation: Evaluation):
     ax.plot([best.epoch], [best.scores["fid"]], marker="*", markersize=18, color="gold",
             markeredgecolor="black", linestyle="none", label=f"chosen (epoch {best.epoch})")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper center", fontsize=8, ncol=3)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=4, frameon=False)
     ax.set_title(f"checkpoint scores ({evaluation.features} features)")
     fig.tight_layout()
     return fig
