@@ -150,15 +150,26 @@ def closest_copies(features: np.ndarray, training: np.ndarray, count: int = MAX_
 def _roles(evaluation: Evaluation) -> dict[int, list[str]]:
     """The checkpoints shown, in epoch order, each with what it is (chosen, an onset, last)."""
     roles: dict[int, list[str]] = {}
-    memorisation = evaluation.memorisation
+    copying, copy_role = _copying_epoch(evaluation)
     for epoch, role in ((evaluation.choice.epoch, "chosen"),
                         (evaluation.collapse.onset_epoch, "collapse onset"),
                         (evaluation.collapse.unconfirmed_epoch, "unconfirmed drop"),
-                        (None if memorisation is None else memorisation.onset_epoch, "copying onset"),
+                        (copying, copy_role),
                         (evaluation.checkpoints[-1].epoch, "last")):
         if epoch is not None:
             roles.setdefault(epoch, []).append(role)
     return dict(sorted(roles.items()))
+
+
+def _copying_epoch(evaluation: Evaluation) -> tuple[int | None, str]:
+    """The checkpoint whose copies are shown beside the chosen one's: the copying onset, or where
+    copying comes and goes, the first checkpoint that copies."""
+    m = evaluation.memorisation
+    if m is None or not m.memorised_epochs:
+        return None, ""
+    if m.onset_epoch is not None:
+        return m.onset_epoch, "copying onset"
+    return m.memorised_epochs[0], "copies training images"
 
 
 def _draw(checkpoint: Checkpoint, count: int, device: torch.device) -> torch.Tensor:
@@ -223,8 +234,8 @@ h2 { font-size: 16px; margin: 26px 0 8px; border-bottom: 1px solid #ddd; padding
 .facts li { margin: 2px 0; }
 .note { color: #555; font-size: 13px; }
 .row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
-figure { margin: 0; }
-figcaption { font-size: 13px; margin-top: 4px; max-width: 420px; }
+figure { margin: 0; width: min-content; }
+figcaption { font-size: 13px; margin-top: 4px; min-width: 220px; }
 img { image-rendering: pixelated; image-rendering: crisp-edges; display: block; }
 img.plot { image-rendering: auto; max-width: 100%; height: auto; }
 .role { font-weight: 600; }
@@ -287,7 +298,7 @@ def _role_class(roles: Sequence[str]) -> str:
         return "chosen"
     if "collapse onset" in roles or "unconfirmed drop" in roles:
         return "collapse"
-    if "copying onset" in roles:
+    if "copying onset" in roles or "copies training images" in roles:
         return "copying"
     return ""
 
@@ -312,11 +323,9 @@ def evaluation_page(evaluation: Evaluation, checkpoints: Sequence[Checkpoint], s
     by_epoch = {c.epoch: c for c in checkpoints}
     scored = {c.epoch: c for c in evaluation.checkpoints}
     collapsed = dict(zip(evaluation.collapse.epochs, evaluation.collapse.collapsed))
-    memorisation = evaluation.memorisation
     group_epochs = [e for e in roles if e in (evaluation.collapse.onset_epoch, evaluation.collapse.unconfirmed_epoch)
                     or (e == evaluation.checkpoints[-1].epoch and collapsed.get(e))]
-    copy_epochs = [e for e in roles if e == evaluation.choice.epoch
-                   or (memorisation is not None and e == memorisation.onset_epoch)]
+    copy_epochs = [e for e in roles if e in (evaluation.choice.epoch, _copying_epoch(evaluation)[0])]
     real = scorer.real.images
     if real.shape[0] != scorer.reference.num_samples:
         raise FaceganError(f"{real.shape[0]} real images but {scorer.reference.num_samples} reference features")
