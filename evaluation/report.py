@@ -132,19 +132,16 @@ class CopyPair:
 
 def closest_copies(features: np.ndarray, training: np.ndarray, count: int = MAX_COPIES) -> list[CopyPair]:
     """The ``count`` samples most like copies: lowest nearest/second-nearest ratio first
-    (:func:`evaluation.metrics.nearest_training`), each training image at most once (a generator
-    that copies one face a hundred times shows it once, and room is left for the others)."""
+    (:func:`evaluation.metrics.nearest_training`), each training image once before any twice (a
+    generator that copies one face a hundred times shows it once, and room is left for the others;
+    samples that all lie nearest one training image still fill the rows)."""
     nearest = metrics.nearest_training(features, training)
-    pairs, seen = [], set()
-    for index in np.argsort(nearest.ratio, kind="stable"):
-        target = int(nearest.index[index])
-        if target in seen:
-            continue
-        seen.add(target)
-        pairs.append(CopyPair(int(index), target, float(nearest.first[index]), float(nearest.second[index])))
-        if len(pairs) == count:
-            break
-    return pairs
+    order = np.argsort(nearest.ratio, kind="stable")
+    _, first_of = np.unique(nearest.index[order], return_index=True)
+    distinct = order[np.sort(first_of)]
+    chosen = np.concatenate([distinct, order[~np.isin(order, distinct)]])[:count]
+    chosen = sorted(chosen, key=lambda i: (nearest.ratio[i], i))
+    return [CopyPair(int(i), int(nearest.index[i]), float(nearest.first[i]), float(nearest.second[i])) for i in chosen]
 
 
 def _roles(evaluation: Evaluation) -> dict[int, list[str]]:
