@@ -7,8 +7,8 @@ on, readable in under a minute. At the top the reason for the choice in one sent
   choice marked;
 - a sample grid each of the chosen checkpoint, the onset(s) (collapse, copying, an unconfirmed
   drop) and the last checkpoint, side by side, the same samples (fixed latents) in each;
-- where collapse was found: the largest groups of near-identical samples, one row each
-  (:func:`near_identical_groups`);
+- where collapse was found: the largest groups of near-identical samples at its onset, one row
+  each (:func:`near_identical_groups`);
 - for the chosen checkpoint always, and where copying was found: the samples closest to the
   training set, each beside its nearest training image, with Gu et al. 2023's distance ratio
   (nearest / second nearest) against the copy threshold and the chance level
@@ -320,8 +320,13 @@ def evaluation_page(evaluation: Evaluation, checkpoints: Sequence[Checkpoint], s
     by_epoch = {c.epoch: c for c in checkpoints}
     scored = {c.epoch: c for c in evaluation.checkpoints}
     collapsed = dict(zip(evaluation.collapse.epochs, evaluation.collapse.collapsed))
-    group_epochs = [e for e in roles if e in (evaluation.collapse.onset_epoch, evaluation.collapse.unconfirmed_epoch)
-                    or (e == evaluation.checkpoints[-1].epoch and collapsed.get(e))]
+    # Where the collapse begins; the last checkpoint only when no onset was confirmed (its groups
+    # would mostly repeat the onset's, at the cost of the page's size).
+    onset = evaluation.collapse.onset_epoch
+    if onset is None:
+        onset = evaluation.collapse.unconfirmed_epoch
+    last = evaluation.checkpoints[-1].epoch
+    group_epochs = [onset] if onset is not None else [last] if collapsed.get(last) else []
     copy_epochs = [e for e in roles if e in (evaluation.choice.epoch, _copying_epoch(evaluation)[0])]
     real = scorer.real.images
     if real.shape[0] != scorer.reference.num_samples:
