@@ -566,6 +566,12 @@ class RealReference:
             )
         return self._size_cache[size]
 
+    def duplicate_threshold(self, size: int) -> float:
+        """The distance under which two of ``size`` samples count as duplicates (and a sample as a
+        copy of its nearest real one for ``memorised_share``): the real data's own nearest-neighbour
+        scale at that sample count (module docstring)."""
+        return self._stats_at(size).duplicate_threshold
+
     def _kid_real_terms(self, n_fake: int) -> tuple[np.ndarray, np.ndarray]:
         """KID's real subsets and their off-diagonal kernel sums for ``n_fake`` fakes (memoised)."""
         # The real subsets depend only on the subset size (a stream of their own), so cache by it.

@@ -46,6 +46,7 @@ class Evaluation:
     memorisation: MemorisationResult | None = None
     real_digest: str | None = None  # identifies the real images the scores are against
     registration_lines: list[str] = field(default_factory=list)  # what registering the choice did, for people
+    pages: list[str] = field(default_factory=list)  # where its evidence page went (files, MLflow artifacts)
 
     def memorised(self, epoch: int) -> bool:
         """Whether the checkpoint at ``epoch`` copies training images beyond chance (the deciding test)."""
@@ -231,7 +232,7 @@ def scores_figure(evaluation: Evaluation):
     """FID, diversity, coverage and the copy share against epoch, the onset, the copies and the choice marked."""
     plt = pyplot()
     epochs = [c.epoch for c in evaluation.checkpoints]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     ax.plot(epochs, [c.scores["fid"] for c in evaluation.checkpoints], "o-", color="tab:blue", label="FID")
     ax.set_xlabel("epoch")
     ax.set_ylabel("FID (lower is better)", color="tab:blue")
@@ -257,7 +258,7 @@ def scores_figure(evaluation: Evaluation):
     ax.plot([best.epoch], [best.scores["fid"]], marker="*", markersize=18, color="gold",
             markeredgecolor="black", linestyle="none", label=f"chosen (epoch {best.epoch})")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper center", fontsize=8, ncol=3)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=4, frameon=False)
     ax.set_title(f"checkpoint scores ({evaluation.features} features)")
     fig.tight_layout()
     return fig

@@ -37,6 +37,7 @@ class Study:
     study_run_id: str | None = None
     registered: str | None = None
     registration_lines: list[str] = field(default_factory=list)  # what registering did, for people
+    pages: list[str] = field(default_factory=list)  # where its evidence page went (files, MLflow artifacts)
 
     @property
     def best(self) -> StudyRun:

@@ -28,6 +28,7 @@ import torch
 from evaluation.engine import RealImages, Scorer, evaluate, record, space_label
 from evaluation.features import FeatureExtractor, get_extractor
 from evaluation.online import StopRule, TrainingJudge
+from evaluation.report import check_report_dir, evaluation_page, report_name, study_page, write_page
 from evaluation.ranking import Evaluation, preload_pyplot, pyplot
 from evaluation.study import Study, StudyRun, study_figure
 from evaluation.sources import sample_folders
@@ -111,15 +112,18 @@ def run_training_data(payload: dict, real: str | None, progress: bool) -> Datase
 
 
 def score_run(run: str, options: ScoringOptions, *, real: str | None = None, tracking_uri: str | None = None,
-              force: bool = False, progress: bool = True) -> Evaluation:
+              force: bool = False, progress: bool = True, report_dir: str | Path | None = None) -> Evaluation:
     """Score every checkpoint of a training run, log the results to MLflow, register the choice.
 
     ``options.num_samples`` None: the count the run was already scored with in this feature
     space (in training or by an earlier evaluation), so nothing is scored twice, else 2000.
-    ``real``: other real images than the run's own training data.
+    ``real``: other real images than the run's own training data. The evidence page
+    (:mod:`evaluation.report`) goes to the run as ``evaluation/<space>_report.html``, and to
+    ``report_dir`` when given (``evaluation.pages`` says where).
     """
     from facegan.tracking import MlflowRunSource  # imports mlflow: only the run mode needs it
 
+    report_dir = None if report_dir is None else check_report_dir(report_dir)
     with MlflowRunSource.open(tracking_uri, run, promote=options.promote) as source:
         checkpoints = source.checkpoints()
         if not checkpoints:
@@ -135,7 +139,20 @@ def score_run(run: str, options: ScoringOptions, *, real: str | None = None, tra
                               what=f"checkpoint of {source.description}")
         evaluation.run_id = source.run_id
         record(source, evaluation, options.register)
+        _run_report(source, evaluation, checkpoints, scorer, report_dir, progress)
     return evaluation
+
+
+def _run_report(source, evaluation: Evaluation, checkpoints, scorer: Scorer, report_dir: Path | None,
+                progress: bool, *, folder: Path | None = None) -> None:
+    """The run's evidence page: logged to the run, and written under ``report_dir`` (or ``folder``) when given."""
+    name = source.run.info.run_name
+    page = evaluation_page(evaluation, checkpoints, scorer, title=f"run {source.run_id}" + (f" ({name})" if name else ""),
+                           progress=progress)
+    evaluation.pages.append(source.log_report(page, evaluation.features))
+    target = folder or report_dir
+    if target is not None:
+        evaluation.pages.append(str(write_page(page, target / report_name(evaluation.features))))
 
 
 def reuse_note(evaluation: Evaluation) -> str | None:
@@ -177,7 +194,8 @@ def _run_data(checkpoints, real: str | None, progress: bool) -> Dataset:
 
 
 def score_study(runs: list[str], experiment: str | None, options: ScoringOptions, *, real: str | None = None,
-                tracking_uri: str | None = None, force: bool = False, progress: bool = True) -> Study:
+                tracking_uri: str | None = None, force: bool = False, progress: bool = True,
+                report_dir: str | Path | None = None) -> Study:
     """Score every checkpoint of several runs (``runs``, or every training run of ``experiment``) in
     one feature space against the same real images; pick each run's best and the study's best.
 
@@ -185,9 +203,14 @@ def score_study(runs: list[str], experiment: str | None, options: ScoringOptions
     scored is scored again); the study is logged as a run of its own with a comparison plot and a
     table of runs, and the study's best is registered. Runs trained on different data (their
     dataset digests differ) are refused unless ``real`` names one set of real images for all.
-    """
-    from facegan.tracking import MlflowRunSource, connect, log_study, study_run_ids
 
+    Evidence pages (:mod:`evaluation.report`): each run's goes to the run, the study's to the study
+    run as ``study/<space>_report.html``; with ``report_dir`` also ``DIR/<space>_report.html`` (the
+    study's, linking to the runs') and ``DIR/<run id>/<space>_report.html``.
+    """
+    from facegan.tracking import MlflowRunSource, connect, log_study, log_study_report, study_run_ids
+
+    report_dir = None if report_dir is None else check_report_dir(report_dir)
     client = connect(tracking_uri)
     with ExitStack() as open_sources:
         sources = [open_sources.enter_context(MlflowRunSource(client, run_id))
@@ -222,6 +245,8 @@ def score_study(runs: list[str], experiment: str | None, options: ScoringOptions
                                   what=f"checkpoint of {source.description}")
             evaluation.run_id = source.run_id
             record(source, evaluation, None)
+            _run_report(source, evaluation, checkpoints[source.run_id], scorer, None, progress,
+                        folder=None if report_dir is None else report_dir / source.run_id)
             study_runs.append(StudyRun(source.run_id, source.run.info.run_name or "",
                                        source.run.data.params.get("train.loss", "?"), evaluation))
         study = Study(space, extractor.note, num_samples, study_runs)
@@ -234,11 +259,20 @@ def score_study(runs: list[str], experiment: str | None, options: ScoringOptions
             plt.close(figure)
         for source in sources:
             source.set_tags({"facegan.study_run_id": study.study_run_id})
+        study.pages.append(log_study_report(client, study, study_page(study, checkpoints, device=scorer.device,
+                                                                      progress=progress)))
+        if report_dir is not None:
+            links = {r.run_id: f"{r.run_id}/{report_name(space)}" for r in study.runs}
+            page = study_page(study, checkpoints, device=scorer.device, links=links, progress=progress)
+            study.pages.append(str(write_page(page, report_dir / report_name(space))))
     return study
 
 
-def score_folders(samples: str, real: str, options: ScoringOptions, *, progress: bool = True) -> Evaluation:
-    """Score folders of samples, one per epoch, against real images; no MLflow involved."""
+def score_folders(samples: str, real: str, options: ScoringOptions, *, progress: bool = True,
+                  report_dir: str | Path | None = None) -> Evaluation:
+    """Score folders of samples, one per epoch, against real images; no MLflow involved. With
+    ``report_dir`` the evidence page goes to ``DIR/<space>_report.html`` (``evaluation.pages``)."""
+    report_dir = None if report_dir is None else check_report_dir(report_dir)
     checkpoints = sample_folders(samples)
     extractor = make_extractor(options)
     data = load_real(real, checkpoints[0].image_size, progress)
@@ -246,11 +280,16 @@ def score_folders(samples: str, real: str, options: ScoringOptions, *, progress:
         checkpoint.image_size = data.images.shape[-1]
     scorer = Scorer(extractor, real_images(data), options.num_samples or DEFAULT_NUM_SAMPLES,
                     device=select_device(options.device), progress=progress)
-    return evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
+    evaluation = evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
+    if report_dir is not None:
+        page = evaluation_page(evaluation, checkpoints, scorer, title=f"samples under {samples}", progress=progress)
+        evaluation.pages.append(str(write_page(page, report_dir / report_name(evaluation.features))))
+    return evaluation
 
 
 def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spec: GeneratorSpec | None = None, *,
-                           tracking_uri: str | None = None, progress: bool = True) -> Evaluation:
+                           tracking_uri: str | None = None, progress: bool = True,
+                           report_dir: str | Path | None = None) -> Evaluation:
     """Score generator checkpoint files made by other code (:mod:`facegan.imported`) against real images.
 
     With ``options.register`` the scores are logged to a new run of the experiment
@@ -258,8 +297,9 @@ def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spe
     (a facegan checkpoint: ``generate``, ``serve`` and the pyfunc model load it) and is
     registered as a run's choice is; a choice of the user's own architecture, which facegan cannot
     rebuild, is scored but not registered (said in ``registration_lines``). Without, nothing
-    touches MLflow.
+    touches MLflow. The evidence page goes to that run, and to ``report_dir`` when given.
     """
+    report_dir = None if report_dir is None else check_report_dir(report_dir)
     checkpoints = checkpoint_sources(pattern, spec)
     extractor = make_extractor(options)
     device = select_device(options.device)
@@ -269,7 +309,11 @@ def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spe
                     progress=progress)
     what = f"checkpoint file matching {pattern}"
     if options.register is None:
-        return evaluate(checkpoints, scorer, None, progress=progress, what=what)
+        evaluation = evaluate(checkpoints, scorer, None, progress=progress, what=what)
+        if report_dir is not None:
+            page = evaluation_page(evaluation, checkpoints, scorer, title=f"checkpoints {pattern}", progress=progress)
+            evaluation.pages.append(str(write_page(page, report_dir / report_name(evaluation.features))))
+        return evaluation
     from facegan.tracking import imported_run
 
     source = imported_run(tracking_uri, Path(pattern.rstrip("/")).parent.name or pattern,
@@ -289,6 +333,7 @@ def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spe
             with tempfile.TemporaryDirectory() as tmp:
                 source.log_generator(save_checkpoint(payload, Path(tmp) / "generator.pt"), chosen.epoch)
         record(source, evaluation, register)
+        _run_report(source, evaluation, checkpoints, scorer, report_dir, progress)
         status = "FINISHED"
     finally:
         source.finish(status)

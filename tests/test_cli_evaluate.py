@@ -62,7 +62,10 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     assert tags["facegan.best_epoch"] == str(result["best_epoch"])
     assert tags["facegan.collapse_epoch"] == str(result["collapse_epoch"] or "none")
     artifacts = {a.path for a in client.list_artifacts(trained_run, "evaluation")}
-    assert {"evaluation/random_ranking.json", "evaluation/random_scores.png"} <= artifacts
+    assert {"evaluation/random_ranking.json", "evaluation/random_scores.png", "evaluation/random_report.html"} <= artifacts
+    page = client.download_artifacts(trained_run, "evaluation/random_report.html", str(tmp_path))
+    assert f"Chosen: epoch {result['best_epoch']}" in Path(page).read_text()
+    assert "evidence page: " in proc.stdout and "evaluation/random_report.html" in proc.stdout
     version = client.get_model_version_by_alias("facegan-generator", "best")
     assert version.source.startswith("models:/m-")
     assert client.get_logged_model(version.source[len("models:/"):]).params["epoch"] == str(result["best_epoch"])
@@ -152,8 +155,11 @@ def planted(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["collapse", "dropping"])
 def test_samples_mode_finds_the_planted_onset(cli, planted, tmp_path, kind):
     proc = cli("evaluate", "--samples", planted / kind, "--real", planted / "real", "--features", "random",
-               "--json", "out.json", "--quiet", env={"FACEGAN_CACHE_DIR": str(tmp_path / "cache")})
+               "--json", "out.json", "--report", "pages", "--quiet", env={"FACEGAN_CACHE_DIR": str(tmp_path / "cache")})
     result = json.loads((tmp_path / "out.json").read_text())
+    page = (tmp_path / "pages" / "random_report.html").read_text()
+    assert "evidence page: pages/random_report.html" in proc.stdout
+    assert f"Chosen: epoch {result['best_epoch']}" in page and "Near-identical samples: epoch 50" in page
     assert result["collapse_epoch"] == 50, proc.stdout
     assert result["passing_collapse_epochs"] == []  # the planted collapse lasts to the end
     assert result["best_epoch"] in (10, 20, 30, 40)
@@ -214,6 +220,9 @@ def test_bad_evaluate_input_is_one_clear_error(cli, tracking_uri, planted, tmp_p
     write_folder(few / "1", synthetic_faces(3, 32, seed=9).images.numpy())
     check(["--samples", few, "--real", planted / "real", "--features", "random"], r"metrics need at least")
     check(["--samples", planted / "collapse", "--real", planted / "real", "--features", "nope"], r"unknown feature space")
+    (tmp_path / "a-file").write_text("")
+    check(["--samples", planted / "collapse", "--real", planted / "real", "--report", tmp_path / "a-file"],
+          r"--report .*a-file: is a file, not a folder")
 
     # A run without checkpoints.
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry another test left set

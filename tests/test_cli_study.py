@@ -28,7 +28,7 @@ def test_the_tutorials_three_objectives_as_one_study(cli, tracking_uri, tmp_path
     cli("evaluate", "--run", runs["tutorial_wgan"], "--features", "random", "--num-samples", 40, "--register", "none",
         "--tracking-uri", tracking_uri, "--quiet", env=env)
     proc = cli("evaluate", "--experiment", "e2e-study", "--features", "random", "--register", "e2e-study-best",
-               "--json", "study.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
+               "--json", "study.json", "--report", "pages", "--tracking-uri", tracking_uri, "--quiet", env=env)
     study = json.loads((tmp_path / "study.json").read_text())
     assert {r["run_id"] for r in study["runs"]} == set(runs.values())
     assert study["num_samples"] == 40  # the count the scored run had: nothing is scored twice
@@ -49,7 +49,15 @@ def test_the_tutorials_three_objectives_as_one_study(cli, tracking_uri, tmp_path
     assert summary.data.tags["facegan.kind"] == "study" and summary.info.status == "FINISHED"
     assert summary.data.tags["facegan.study_best_run"] == best["run_id"]
     artifacts = {a.path for a in client.list_artifacts(study["study_run_id"], "study")}
-    assert artifacts == {"study/random_runs.json", "study/random_comparison.png", "study/random_summary.json"}
+    assert artifacts == {"study/random_runs.json", "study/random_comparison.png", "study/random_summary.json",
+                         "study/random_report.html"}
+    # The evidence pages: the study's links to each run's, which each run also holds as an artifact.
+    page = (tmp_path / "pages" / "random_report.html").read_text()
+    assert "evidence page: pages/random_report.html" in proc.stdout
+    for run_id in runs.values():
+        assert f'href="{run_id}/random_report.html"' in page
+        assert (tmp_path / "pages" / run_id / "random_report.html").is_file()
+        assert "evaluation/random_report.html" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
     version = client.get_model_version_by_alias("e2e-study-best", "best")
     model = client.get_logged_model(version.source[len("models:/"):])
     assert model.source_run_id == best["run_id"] and model.params["epoch"] == str(best["best_epoch"])

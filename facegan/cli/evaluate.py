@@ -42,6 +42,10 @@ from facegan.errors import FaceganError
                    "(--samples)  [default: --run: the count the run was already scored with in this feature space "
                    "(e.g. by `train --evaluate`), else 2000; --samples: 2000]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.option("--report", "report_dir", type=click.Path(), metavar="DIR",
+              help="Also write the evidence page here, DIR/<features>_report.html: one HTML file with the scores, "
+                   "sample grids of the chosen, onset and last checkpoints, near-identical groups and the samples "
+                   "closest to the training set (MLflow runs get it as an artifact anyway).")
 @click.option("--register", default=DEFAULT_REGISTERED_NAME, show_default=True,
               help="Registered model name for the chosen generator (alias `best`); `none` to skip.")
 @click.option("--promote", is_flag=True,
@@ -54,7 +58,7 @@ from facegan.errors import FaceganError
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape, output_range, features, inception_weights, dinov2_weights, num_samples, json_path,
-             register, promote, tracking_uri, force, device, quiet):
+             report_dir, register, promote, tracking_uri, force, device, quiet):
     """Score every checkpoint by FID and diversity, find the collapse onset, pick the best before it.
 
     \b
@@ -106,7 +110,7 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
     from facegan import scoring
 
     if samples:
-        result = scoring.score_folders(samples, real, options, progress=not quiet)
+        result = scoring.score_folders(samples, real, options, progress=not quiet, report_dir=report_dir)
         _print_evaluation(result)
     elif checkpoints:
         from facegan.imported import GeneratorSpec, parse_latent_shape, parse_output_range
@@ -114,16 +118,18 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
         spec = GeneratorSpec(factory=factory, latent_shape=parse_latent_shape(latent_shape) if latent_shape else None,
                              output_range=parse_output_range(output_range))
         result = scoring.score_checkpoint_files(checkpoints, real, options, spec, tracking_uri=tracking_uri,
-                                                progress=not quiet)
+                                                progress=not quiet, report_dir=report_dir)
         _print_evaluation(result)
     elif experiment or len(runs) > 1:
         result = scoring.score_study(list(runs), experiment, options, real=real, tracking_uri=tracking_uri,
-                                     force=force, progress=not quiet)
+                                     force=force, progress=not quiet, report_dir=report_dir)
         _print_study(result)
     else:
         result = scoring.score_run(runs[0], options, real=real, tracking_uri=tracking_uri, force=force,
-                                   progress=not quiet)
+                                   progress=not quiet, report_dir=report_dir)
         _print_evaluation(result)
+    for page in result.pages:
+        click.echo(f"evidence page: {page}")
     if json_path:
         write_json(result, json_path)
         click.echo(f"wrote {json_path}")

@@ -7,7 +7,7 @@
 """
 
 from facegan.sender import Spool
-from facegan.tracking.registry import Candidate, log_study, register_choice, write_pyfunc_files
+from facegan.tracking.registry import Candidate, log_study, log_study_report, register_choice, write_pyfunc_files
 from facegan.tracking.run_source import MlflowRunSource, RunCheckpoint, active_run_log, imported_run
 from facegan.tracking.run_writer import MlflowRunTracker, sync_unsent, unsent_folder
 from facegan.tracking.store import (
@@ -17,6 +17,6 @@ from facegan.tracking.store import (
 
 __all__ = [
     "MODEL_TYPE", "Candidate", "active_run_log", "CheckpointRef", "MlflowRunSource", "MlflowRunTracker", "RunCheckpoint", "Spool", "connect",
-    "get_run", "imported_run", "latest_run_id", "log_study", "register_choice", "resolve_model", "resolve_tracking_uri",
+    "get_run", "imported_run", "latest_run_id", "log_study", "log_study_report", "register_choice", "resolve_model", "resolve_tracking_uri",
     "run_checkpoints", "study_run_ids", "sync_unsent", "ui_address", "unsent_folder", "write_pyfunc_files",
 ]

@@ -328,3 +328,11 @@ def log_study(client: MlflowClient, study, figure, *, experiment_id: str, regist
         raise
     client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def log_study_report(client: MlflowClient, study, page: str) -> str:
+    """The study's evidence page (:func:`evaluation.report.study_page`) as the artifact
+    ``study/<space>_report.html`` of the study run :func:`log_study` made; returns where it lies."""
+    path = f"study/{study.features}_report.html"
+    client.log_text(study.study_run_id, page, path)
+    return f"{client.get_run(study.study_run_id).info.artifact_uri.rstrip('/')}/{path}"

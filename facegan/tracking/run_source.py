@@ -221,6 +221,14 @@ class MlflowRunSource:
         return evaluation.registered
 
 
+    def log_report(self, page: str, space: str) -> str:
+        """The evidence page (:mod:`evaluation.report`, one self-contained HTML file) as the artifact
+        ``evaluation/<space>_report.html``, which MLflow's artifact viewer shows; returns where it lies."""
+        path = f"evaluation/{space}_report.html"
+        self.client.log_text(self.run_id, page, path)
+        return f"{self.run.info.artifact_uri.rstrip('/')}/{path}"
+
+
 IMPORTED_EXPERIMENT = "facegan-imported"  # where runs made by other code are logged when their choice is registered
 IMPORT_KIND = "import"  # the tag facegan.kind of such a run
 
