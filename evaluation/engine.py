@@ -111,11 +111,14 @@ class Checkpoint(Protocol):
 class ScoreLog(Protocol):
     """Where a source keeps the scores it was given, so nothing is scored twice (MLflow runs)."""
 
-    def logged_scores(self, checkpoint: Checkpoint, space: str, num_samples: int) -> dict[str, float] | None:
-        """The checkpoint's scores in ``space`` at ``num_samples`` samples, or None."""
+    def logged_scores(self, checkpoint: Checkpoint, space: str, num_samples: int, *,
+                      real_digest: str) -> dict[str, float] | None:
+        """The checkpoint's scores in ``space`` at ``num_samples`` samples against the real images
+        ``real_digest`` names, or None (scores against other real images are not these)."""
 
-    def log_scores(self, checkpoint: Checkpoint, space: str, num_samples: int, scores: dict[str, float]) -> None:
-        """Keep one checkpoint's scores (all at once: never half of them)."""
+    def log_scores(self, checkpoint: Checkpoint, space: str, num_samples: int, scores: dict[str, float], *,
+                   real_digest: str) -> None:
+        """Keep one checkpoint's scores (all at once: never half of them) and which real images they are against."""
 
 
 class DecisionLog(ScoreLog, Protocol):
@@ -280,7 +283,8 @@ def score_all(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog |
     skipped: list[tuple[str, str]] = []
     pending = []
     for checkpoint in checkpoints:
-        logged = None if force or log is None else log.logged_scores(checkpoint, scorer.space, scorer.num_samples)
+        logged = None if force or log is None else log.logged_scores(checkpoint, scorer.space, scorer.num_samples,
+                                                                    real_digest=scorer.real.digest)
         if logged is not None and all(key in logged for key in SCORE_KEYS):
             scored.append(Scored(checkpoint.epoch, checkpoint.label, logged, checkpoint.model_id, reused=True,
                                  num_samples=scorer.num_samples))
@@ -296,7 +300,7 @@ def score_all(checkpoints: Sequence[Checkpoint], scorer: Scorer, log: ScoreLog |
             print(f"warning: skipping {checkpoint.label}: {exc}", file=sys.stderr)
             continue
         if log is not None:
-            log.log_scores(checkpoint, scorer.space, scorer.num_samples, scores)
+            log.log_scores(checkpoint, scorer.space, scorer.num_samples, scores, real_digest=scorer.real.digest)
         scored.append(Scored(checkpoint.epoch, checkpoint.label, scores, checkpoint.model_id, num_samples=count))
     return sorted(scored, key=lambda c: c.epoch), skipped
 

@@ -129,7 +129,8 @@ class TrainingJudge:
         """:meth:`checkpoint_written` for a checkpoint of any source (e.g. sample images)."""
         scores, count = self.scorer.score(checkpoint, interrupt=interrupt)
         if self.log is not None:
-            self.log.log_scores(checkpoint, self.space, self.scorer.num_samples, scores)
+            self.log.log_scores(checkpoint, self.space, self.scorer.num_samples, scores,
+                                   real_digest=self.scorer.real.digest)
         self.scored = [c for c in self.scored if c.epoch != checkpoint.epoch]
         self.scored.append(Scored(checkpoint.epoch, checkpoint.label, scores, checkpoint.model_id, num_samples=count))
         self._decide()

@@ -76,9 +76,15 @@ def test_evaluate_run_logs_scores_tags_and_registers_the_choice(cli, tracking_ur
     assert len(client.get_metric_history(trained_run, "random/fid")) == 4
     assert proc.stderr.splitlines() == ["all 4 checkpoints were already scored in random at 40 samples; nothing new "
                                         "was scored (--force scores them again)"], proc.stderr
+    # Against other real images the logged scores are not these: scored again, not reused.
+    proc = cli("evaluate", "--run", trained_run, "--features", "random", "--num-samples", 40, "--real", "synthetic",
+               "--json", "other_real.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
+    assert len(client.get_metric_history(trained_run, "random/fid")) == 8
+    assert "already scored" not in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "other_real.json").read_text())["real_digest"] != result["real_digest"]
     cli("evaluate", "--run", "latest", "--features", "random", "--num-samples", 40, "--force",
         "--json", "forced.json", "--tracking-uri", tracking_uri, "--quiet", env=env)
-    assert len(client.get_metric_history(trained_run, "random/fid")) == 8
+    assert len(client.get_metric_history(trained_run, "random/fid")) == 12
     forced = json.loads((tmp_path / "forced.json").read_text())
     assert forced["checkpoints"] == result["checkpoints"]  # same latents, same features: same scores
 

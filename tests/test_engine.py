@@ -31,14 +31,17 @@ class RecordingLog:
 
     def __init__(self):
         self.scores: dict[tuple[int, str], dict] = {}
+        self.real_digests: dict[tuple[int, str], str] = {}  # which real images each entry was scored against
         self.progress: list[int] = []
         self.recorded = None
 
-    def logged_scores(self, checkpoint, space, num_samples):
-        return self.scores.get((checkpoint.epoch, f"{space}@{num_samples}"))
+    def logged_scores(self, checkpoint, space, num_samples, *, real_digest):
+        key = (checkpoint.epoch, f"{space}@{num_samples}")
+        return self.scores.get(key) if self.real_digests.get(key) == real_digest else None
 
-    def log_scores(self, checkpoint, space, num_samples, scores):
-        self.scores[(checkpoint.epoch, f"{space}@{num_samples}")] = dict(scores)
+    def log_scores(self, checkpoint, space, num_samples, scores, *, real_digest):
+        key = (checkpoint.epoch, f"{space}@{num_samples}")
+        self.scores[key], self.real_digests[key] = dict(scores), real_digest
 
     def record_progress(self, evaluation):
         self.progress.append(evaluation.best_epoch)
@@ -95,6 +98,12 @@ def test_evaluate_reuses_logged_scores_and_reports_damaged_checkpoints(scorer):
     assert [c.epoch for c in again.checkpoints] == [1, 2, 3]
     assert all(c.reused for c in again.checkpoints)
     assert [c.scores for c in again.checkpoints] == [c.scores for c in first.checkpoints[:3]]
+
+    # Against other real images the logged scores are not these: scored again, and kept beside.
+    other = synthetic_faces(300, 32, seed=1)
+    elsewhere = evaluate([GeneratorCheckpoint(1, history[1])], Scorer(scorer.extractor, RealImages(other.images, other.digest),
+                                                                     NUM_SAMPLES), log)
+    assert not elsewhere.checkpoints[0].reused and log.real_digests[(1, f"random@{NUM_SAMPLES}")] == other.digest
     assert again.skipped == [("epoch 5", "damaged file")]
     with pytest.raises(FaceganError, match="no checkpoint could be scored: epoch 5: damaged file"):
         evaluate([Damaged(5, history[4])], scorer, log)

@@ -29,10 +29,10 @@ class RecordingLog:
     def __init__(self):
         self.scores, self.progress, self.recorded = {}, [], None
 
-    def logged_scores(self, checkpoint, space, num_samples):
+    def logged_scores(self, checkpoint, space, num_samples, *, real_digest):
         return None
 
-    def log_scores(self, checkpoint, space, num_samples, scores):
+    def log_scores(self, checkpoint, space, num_samples, scores, *, real_digest):
         self.scores[checkpoint.epoch] = (space, num_samples, dict(scores))
 
     def record_progress(self, evaluation):

@@ -30,6 +30,7 @@ from facegan.tracking.store import (
 )
 
 NUM_SAMPLES_TAG = "facegan.num_samples"  # + ".<space>": samples per checkpoint its scores came from
+REAL_DATA_TAG = "facegan.real_data"  # + ".<space>": the digest of the real images its latest scores are against
 LEGACY_NUM_SAMPLES = 2000  # what runs scored before that tag existed were scored with
 
 
@@ -155,9 +156,14 @@ class MlflowRunSource:
         # Runs scored before the tag existed were all scored at the then only default.
         return LEGACY_NUM_SAMPLES if f"{space}/fid" in self.run.data.metrics else None
 
-    def logged_scores(self, checkpoint, space: str, num_samples: int) -> dict[str, float] | None:
-        """Scores already logged for this checkpoint in this feature space at this sample count, or None."""
+    def logged_scores(self, checkpoint, space: str, num_samples: int, *, real_digest: str) -> dict[str, float] | None:
+        """Scores already logged for this checkpoint in this feature space at this sample count against
+        the same real images, or None. (Runs scored before the real-data tag existed were scored
+        against their own training data or what the user gave; their scores are taken as they are.)"""
         if self.scored_num_samples(space) != num_samples:
+            return None
+        scored_against = self.tag(f"{REAL_DATA_TAG}.{space}")
+        if scored_against is not None and scored_against != real_digest:
             return None
         prefix = f"{space}/"
         metrics = self.client.get_logged_model(checkpoint.model_id).metrics or []
@@ -165,9 +171,11 @@ class MlflowRunSource:
                   if m.key.startswith(prefix)}
         return scores or None
 
-    def log_scores(self, checkpoint, space: str, num_samples: int, scores: dict[str, float]) -> None:
-        # Scores at another count stay in the metric history; the tag says which count the latest are.
-        self.set_tags({f"{NUM_SAMPLES_TAG}.{space}": str(num_samples)})
+    def log_scores(self, checkpoint, space: str, num_samples: int, scores: dict[str, float], *,
+                   real_digest: str) -> None:
+        # Scores at another count or against other real images stay in the metric history; the tags
+        # say which count and which real images the latest are.
+        self.set_tags({f"{NUM_SAMPLES_TAG}.{space}": str(num_samples), f"{REAL_DATA_TAG}.{space}": real_digest})
         now = int(time.time() * 1000)
         metrics = [{"key": f"{space}/{k}", "value": float(v), "timestamp": now, "step": checkpoint.epoch}
                    for k, v in scores.items()]
