@@ -99,8 +99,8 @@ def _ensure_pyfunc(client: MlflowClient, model_id: str) -> None:
 _CONVERGE_ATTEMPTS = 5
 _DESCRIPTION = (
     "Generator checkpoints chosen by facegan (lowest FID before any collapse or copying). One version per "
-    "checkpoint. @best-<space> points at the version with the lowest FID in that feature space (same real "
-    "images, same sample count); @best, what `facegan serve` and `facegan generate` load, follows the space "
+    "checkpoint. `@best-<space>` (e.g. `@best-random`) points at the version with the lowest FID in that "
+    "feature space (same real images, same sample count); `@best`, what `facegan serve` and `facegan generate` load, follows the space "
     "it was first set in. A choice that is not better leaves them in place; `facegan evaluate --promote` "
     "moves them anyway. Each version's tag facegan.scores holds the scores that chose it.")
 
