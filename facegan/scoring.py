@@ -155,6 +155,17 @@ def _run_report(source, evaluation: Evaluation, checkpoints, scorer: Scorer, rep
         evaluation.pages.append(str(write_page(page, target / report_name(evaluation.features))))
 
 
+def training_report(source, evaluation: Evaluation, scorer: Scorer, *, progress: bool) -> None:
+    """The evidence page of a run judged while it trained (``facegan train --evaluate``), logged to
+    the run once training is done, from the checkpoints the run logged. A page that cannot be
+    made is a warning: the training and its scores are kept."""
+    try:
+        _run_report(source, evaluation, source.checkpoints(), scorer, None, progress)
+    except Exception as exc:  # the training and its scores are done and kept: say so, do not fail it
+        print(f"warning: no evidence page for run {source.run_id} ({exc}); `facegan evaluate --run "
+              f"{source.run_id}` makes it", file=sys.stderr)
+
+
 def reuse_note(evaluation: Evaluation) -> str | None:
     """One line for people saying which scores were read back from the run instead of computed
     (None when every checkpoint was scored now): a second ``evaluate --run`` that scores nothing

@@ -21,7 +21,7 @@ from facegan.data import load_data
 from facegan.dataset import Dataset
 from facegan.distributed import Processes
 from facegan.errors import FaceganError
-from facegan.scoring import training_extractor, training_judge, training_scorer
+from facegan.scoring import training_extractor, training_judge, training_report, training_scorer
 from facegan.training import Trainer, fetch_resume_payload, train, training_device
 
 Say = Callable[[str], None]
@@ -128,6 +128,8 @@ def _run(cfg: Config, open_run, payload: dict | None, *, processes: Processes, p
                             processes=processes)
         except KeyboardInterrupt:
             raise RunInterrupted(tracker.run_id) from None
+        if judge is not None and judge.evaluation is not None:
+            training_report(source, judge.evaluation, scorer, progress=progress)
     return RunOutcome(tracker.run_id, uri, cfg, trainer, None if judge is None else judge.evaluation,
                       tracker.experiment_id)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -33,7 +34,10 @@ def test_train_scores_each_checkpoint_as_evaluate_would(cli, tracking_uri, tmp_p
     assert tags["facegan.evaluation_features"] == "random"
     logged = {m.step: m.value for m in client.get_metric_history(run_id, "random/fid")}
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert {"evaluation/random_ranking.json", "evaluation/random_scores.png", "evaluation/random_summary.json"} <= artifacts
+    assert {"evaluation/random_ranking.json", "evaluation/random_scores.png", "evaluation/random_summary.json",
+            "evaluation/random_report.html"} <= artifacts
+    page = Path(client.download_artifacts(run_id, "evaluation/random_report.html", str(tmp_path))).read_text()
+    assert f"Chosen: epoch {tags['facegan.best_epoch']}" in page and "evidence page: " in proc.stderr
     version = client.get_model_version_by_alias("e2e-train-evaluate", "best")
     assert client.get_logged_model(version.source[len("models:/"):]).params["epoch"] == tags["facegan.best_epoch"]
 

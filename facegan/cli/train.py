@@ -134,6 +134,8 @@ def _report(outcome) -> None:
         echo(f"best checkpoint: epoch {result.best_epoch} ({result.choice.reason})")
         for line in result.registration_lines:
             echo(line)
+        for page in result.pages:
+            echo(f"evidence page: {page}")
     if trainer.stopped is not None:
         echo(f"stopped early at epoch {trainer.epoch} of {outcome.cfg.train.epochs}: {trainer.stopped[1]}; "
              f"to train on anyway: facegan train --resume {outcome.run_id}")
