@@ -11,8 +11,8 @@ each sample's nearest training images (:func:`evaluation.metrics.score`):
 - the **distance test** (reported, not deciding; ``memorised_share``): a sample is a copy when
   its nearest training image is closer than all but 1% of the real images' own nearest
   neighbours are to each other. It cannot tell the two apart: novel but blurry or noisy samples
-  lie closer to the training set than novel real images do, and on a long history of a generator
-  that never copied it flagged 24 of 40 checkpoints (issue 26).
+  lie closer to the training set than novel real images do, so on long runs of generators that
+  never copy it raises false alarms (figures in experiments/RESULTS.md).
 
 The chance level of the ratio test is the share of *novel real* images that pass it:
 
