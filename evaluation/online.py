@@ -103,6 +103,7 @@ class TrainingJudge:
         self.scored: list[Scored] = []
         self.skipped: list[tuple[str, str]] = []
         self.evaluation: Evaluation | None = None
+        self.recorded = False  # finish() handed the whole result to the log
 
     @property
     def space(self) -> str:
@@ -154,7 +155,9 @@ class TrainingJudge:
         """Log the ranking table, the plot and the summary, and register the choice; returns its URI."""
         if self.evaluation is None or self.log is None:
             return None
-        return record(self.log, self.evaluation, self.register)
+        uri = record(self.log, self.evaluation, self.register)
+        self.recorded = True
+        return uri
 
 
 def _short(value: float) -> str:

@@ -128,7 +128,7 @@ def _run(cfg: Config, open_run, payload: dict | None, *, processes: Processes, p
                             processes=processes)
         except KeyboardInterrupt:
             raise RunInterrupted(tracker.run_id) from None
-        if judge is not None and judge.evaluation is not None:
+        if judge is not None and judge.recorded:  # not after a store that did not take the result
             training_report(source, judge.evaluation, scorer, progress=progress)
     return RunOutcome(tracker.run_id, uri, cfg, trainer, None if judge is None else judge.evaluation,
                       tracker.experiment_id)
