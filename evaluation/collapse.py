@@ -118,6 +118,14 @@ class CollapseResult:
         """Plain JSON-ready dict of all fields."""
         return asdict(self)
 
+    @property
+    def dip_epochs(self) -> list[int]:
+        """Checkpoints with a drop too short to be a collapse that the run came back from (a drop
+        still running at the last checkpoint is the unconfirmed one, not a dip)."""
+        before_end = math.inf if self.unconfirmed_epoch is None else self.unconfirmed_epoch
+        return [e for e, drop, collapsed in zip(self.epochs, self.drops, self.collapsed)
+                if drop and not collapsed and e < before_end]
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -330,9 +338,8 @@ def choose_best(checkpoints: Sequence[Mapping[str, float]], collapse: CollapseRe
     steady = [c for c in pool if not drops[c["epoch"]]]
     if steady and len(steady) < len(pool):
         notes = []
-        collapsed = dict(zip(collapse.epochs, collapse.collapsed))
-        before_end = math.inf if collapse.unconfirmed_epoch is None else collapse.unconfirmed_epoch
-        dips = [c["epoch"] for c in pool if drops[c["epoch"]] and not collapsed[c["epoch"]] and c["epoch"] < before_end]
+        dip_epochs = set(collapse.dip_epochs)
+        dips = [c["epoch"] for c in pool if c["epoch"] in dip_epochs]
         if dips:  # too short to be a collapse, and the run came back: named (the table marks them too)
             notes.append(f"{'a dip' if len(dips) == 1 else 'dips'} at epoch {', '.join(map(str, dips))}")
         if collapse.passing_epochs:

@@ -61,13 +61,6 @@ class Evaluation:
                     rows.setdefault(row["epoch"], {})[name] = {k: v for k, v in row.items() if k != "epoch"}
         return rows
 
-    def _dips(self) -> set[int]:
-        """Epochs of a drop too short to be a collapse that the run came back from (what the
-        choice's reason names as a dip)."""
-        unconfirmed = self.collapse.unconfirmed_epoch
-        return {e for e, drop, collapsed in zip(self.collapse.epochs, self.collapse.drops, self.collapse.collapsed)
-                if drop and not collapsed and (unconfirmed is None or e < unconfirmed)}
-
     @property
     def best_epoch(self) -> int:
         return self.choice.epoch
@@ -138,7 +131,7 @@ class Evaluation:
                 f"{'dupl':>5} {'copy':>5}  ")
         lines = [head, "-" * len(head)]
         unconfirmed = self.collapse.unconfirmed_epoch
-        dips = self._dips()
+        dips = set(self.collapse.dip_epochs)
         tests = self._test_rows()
         for c in self.checkpoints:
             s = c.scores
