@@ -53,7 +53,7 @@ from facegan.errors import FaceganError
 
 __all__ = [
     "CopyPair", "check_report_dir", "closest_copies", "copy_ratio", "evaluation_page", "near_identical_groups",
-    "report_name", "study_page", "write_page",
+    "report_name", "study_grids", "study_page", "write_page",
 ]
 
 GRID_IMAGES = 16  # samples in each checkpoint's grid
@@ -129,12 +129,15 @@ class CopyPair:
         return self.first / max(self.second, np.finfo(float).tiny)
 
 
-def closest_copies(features: np.ndarray, training: np.ndarray, count: int = MAX_COPIES) -> list[CopyPair]:
+def closest_copies(features: np.ndarray, training: np.ndarray, count: int = MAX_COPIES, *,
+                   nearest: metrics.NearestTraining | None = None) -> list[CopyPair]:
     """The ``count`` samples most like copies: lowest nearest/second-nearest ratio first
-    (:func:`evaluation.metrics.nearest_training`), each training image once before any twice (a
-    generator that copies one face a hundred times shows it once, and room is left for the others;
-    samples that all lie nearest one training image still fill the rows)."""
-    nearest = metrics.nearest_training(features, training)
+    (:func:`evaluation.metrics.nearest_training`, or ``nearest`` when the caller has it already),
+    each training image once before any twice (a generator that copies one face a hundred times
+    shows it once, and room is left for the others; samples that all lie nearest one training
+    image still fill the rows)."""
+    if nearest is None:
+        nearest = metrics.nearest_training(features, training)
     order = np.argsort(nearest.ratio, kind="stable")
     _, first_of = np.unique(nearest.index[order], return_index=True)
     distinct = order[np.sort(first_of)]
@@ -450,9 +453,9 @@ def _groups_section(epoch: int, roles: list[str], images: torch.Tensor, features
 def _copies_section(evaluation: Evaluation, epoch: int, roles: list[str], images: torch.Tensor,
                     features: np.ndarray, real: torch.Tensor, scorer: Scorer) -> str:
     ratio_limit = copy_ratio()
-    pairs = closest_copies(features, scorer.reference.features)
     nearest = metrics.nearest_training(features, scorer.reference.features)
-    below = float((nearest.ratio < ratio_limit).mean())
+    pairs = closest_copies(features, scorer.reference.features, nearest=nearest)
+    below = float(nearest.copies.mean())
     m = evaluation.memorisation
     share = copy_share(evaluation_scores(evaluation, epoch))
     verdict = ("copies training images beyond chance" if evaluation.memorised(epoch)
@@ -484,13 +487,34 @@ def evaluation_scores(evaluation: Evaluation, epoch: int) -> dict[str, float]:
     return next((c.scores for c in evaluation.checkpoints if c.epoch == epoch), {})
 
 
-def study_page(study, checkpoints: Mapping[str, Sequence[Checkpoint]], *, device: torch.device | str = "cpu",
-               links: Mapping[str, str] | None = None, progress: bool = False) -> str:
+def study_grids(study, checkpoints: Mapping[str, Sequence[Checkpoint]], *, device: torch.device | str = "cpu",
+                progress: bool = False) -> dict[str, str]:
+    """Each run's chosen checkpoint's grid as the study page's HTML, by run id, drawn once for
+    every page of the study (:func:`study_page`).
+
+    ``checkpoints``: each run's checkpoints by run id (only the chosen one is drawn).
+    """
+    grids = {}
+    bar = tqdm(study.runs, desc="evidence page", unit="run", disable=not progress, file=sys.stderr)
+    for run in bar:
+        chosen = next((c for c in checkpoints.get(run.run_id, []) if c.epoch == run.evaluation.best_epoch), None)
+        try:
+            if chosen is None:
+                raise FaceganError("the checkpoint is not among those given")
+            drawn = _draw(chosen, GRID_IMAGES, torch.device(device))
+            grids[run.run_id] = _img(images_to_grid(drawn), side=drawn.shape[-1], face=_GRID_FACE,
+                                     alt=f"samples of run {run.run_id}")
+        except FaceganError as exc:
+            grids[run.run_id] = f'<p class="note">could not draw its samples: {html.escape(error_text(exc))}</p>'
+    return grids
+
+
+def study_page(study, grids: Mapping[str, str], *, links: Mapping[str, str] | None = None) -> str:
     """The evidence page of a study (:class:`evaluation.study.Study`): the comparison plot, the
     table of runs and each run's chosen checkpoint's grid, the study's best first.
 
-    ``checkpoints``: each run's checkpoints by run id (only the chosen one is drawn);
-    ``links``: each run's own page by run id, a relative address, where there is one.
+    ``grids``: :func:`study_grids`; ``links``: each run's own page by run id, a relative address,
+    where there is one.
     """
     from evaluation.study import study_figure
 
@@ -502,16 +526,8 @@ def study_page(study, checkpoints: Mapping[str, Sequence[Checkpoint]], *, device
              f"({best.best.scores['fid']:.4g}); each run chose within itself, before its collapse onset.</p>",
              "<h2>Scores against epoch</h2>", _plot(study_figure, study, "the runs' scores"),
              "<h2>Each run's choice</h2>", '<div class="row grids">']
-    bar = tqdm(runs, desc="evidence page", unit="run", disable=not progress, file=sys.stderr)
-    for run in bar:
-        chosen = next((c for c in checkpoints.get(run.run_id, []) if c.epoch == run.evaluation.best_epoch), None)
-        try:
-            if chosen is None:
-                raise FaceganError("the checkpoint is not among those given")
-            drawn = _draw(chosen, GRID_IMAGES, torch.device(device))
-            image = _img(images_to_grid(drawn), side=drawn.shape[-1], face=_GRID_FACE, alt=f"samples of run {run.run_id}")
-        except FaceganError as exc:
-            image = f'<p class="note">could not draw its samples: {html.escape(error_text(exc))}</p>'
+    for run in runs:
+        image = grids[run.run_id]
         name = html.escape(run.name or run.run_id)
         if links and run.run_id in links:
             name = f'<a href="{html.escape(links[run.run_id])}">{name}</a>'

@@ -28,7 +28,7 @@ import torch
 from evaluation.engine import RealImages, Scorer, evaluate, record, space_label
 from evaluation.features import FeatureExtractor, get_extractor
 from evaluation.online import StopRule, TrainingJudge
-from evaluation.report import check_report_dir, evaluation_page, report_name, study_page, write_page
+from evaluation.report import check_report_dir, evaluation_page, report_name, study_grids, study_page, write_page
 from evaluation.ranking import Evaluation, preload_pyplot, pyplot
 from evaluation.study import Study, StudyRun, study_figure
 from evaluation.sources import sample_folders
@@ -152,7 +152,12 @@ def _run_report(source, evaluation: Evaluation, checkpoints, scorer: Scorer, rep
     evaluation.pages.append(source.log_report(page, evaluation.features))
     target = folder or report_dir
     if target is not None:
-        evaluation.pages.append(str(write_page(page, target / report_name(evaluation.features))))
+        _write_report(evaluation, page, target)
+
+
+def _write_report(evaluation: Evaluation, page: str, folder: Path) -> None:
+    """``folder/<space>_report.html``, noted in ``evaluation.pages``."""
+    evaluation.pages.append(str(write_page(page, folder / report_name(evaluation.features))))
 
 
 def training_report(source, evaluation: Evaluation, scorer: Scorer, *, progress: bool) -> None:
@@ -270,12 +275,11 @@ def score_study(runs: list[str], experiment: str | None, options: ScoringOptions
             plt.close(figure)
         for source in sources:
             source.set_tags({"facegan.study_run_id": study.study_run_id})
-        study.pages.append(log_study_report(client, study, study_page(study, checkpoints, device=scorer.device,
-                                                                      progress=progress)))
+        grids = study_grids(study, checkpoints, device=scorer.device, progress=progress)
+        study.pages.append(log_study_report(client, study, study_page(study, grids)))
         if report_dir is not None:
             links = {r.run_id: f"{r.run_id}/{report_name(space)}" for r in study.runs}
-            page = study_page(study, checkpoints, device=scorer.device, links=links, progress=progress)
-            study.pages.append(str(write_page(page, report_dir / report_name(space))))
+            study.pages.append(str(write_page(study_page(study, grids, links=links), report_dir / report_name(space))))
     return study
 
 
@@ -293,8 +297,8 @@ def score_folders(samples: str, real: str, options: ScoringOptions, *, progress:
                     device=select_device(options.device), progress=progress)
     evaluation = evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
     if report_dir is not None:
-        page = evaluation_page(evaluation, checkpoints, scorer, title=f"samples under {samples}", progress=progress)
-        evaluation.pages.append(str(write_page(page, report_dir / report_name(evaluation.features))))
+        _write_report(evaluation, evaluation_page(evaluation, checkpoints, scorer, title=f"samples under {samples}",
+                                                  progress=progress), report_dir)
     return evaluation
 
 
@@ -322,8 +326,8 @@ def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spe
     if options.register is None:
         evaluation = evaluate(checkpoints, scorer, None, progress=progress, what=what)
         if report_dir is not None:
-            page = evaluation_page(evaluation, checkpoints, scorer, title=f"checkpoints {pattern}", progress=progress)
-            evaluation.pages.append(str(write_page(page, report_dir / report_name(evaluation.features))))
+            _write_report(evaluation, evaluation_page(evaluation, checkpoints, scorer, title=f"checkpoints {pattern}",
+                                                      progress=progress), report_dir)
         return evaluation
     from facegan.tracking import imported_run
 
