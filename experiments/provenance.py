@@ -9,7 +9,11 @@ A stored figure is only worth as much as knowing what produced it. Each result f
   (their keyword defaults and their modules' public constants, such as the wobble window), so
   a result made under an earlier rule says so even after the rule changes;
 - **command**: the command line that made it, as ``python -m <module> <arguments>``;
-- **date**: when it started (UTC).
+- **date**: when it started (UTC);
+- **machine**: the CPU model, torch's version, thread count and CPU kernels (its capability and
+  oneDNN version), and the GPU when there is one. A GAN's training is chaotic: the same code and
+  seed trained with another thread count or on another CPU (oneDNN picks its kernels and blocking
+  by the CPU) is another run, with other ground-truth modes (``experiments/collapse/reproduce.py``).
 
 :func:`collect` gathers them once, when a script starts (the code that ran is the code checked
 out then). JSON results carry them under ``"provenance"``, markdown results end with a Provenance
@@ -25,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
 import shlex
 import subprocess
 import sys
@@ -82,6 +87,40 @@ def rule_parameters() -> dict:
     return rule
 
 
+def machine() -> dict:
+    """What a trained figure depends on besides the code: the CPU, torch and its kernels, the GPU."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # not Linux: platform's name stays
+    onednn = next((line.split("v", 1)[1].split()[0] for line in torch.__config__.show().splitlines()
+                   if "MKL-DNN v" in line or "oneDNN v" in line), "none")
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn": onednn,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def machine_text(record: dict) -> str:
+    """The machine on one line: ``AMD EPYC ... (2 cores), torch 2.14.1, 2 threads, AVX512, oneDNN 3.12.0``."""
+    m = record.get("machine")
+    if not m:
+        return "not recorded"
+    return (f"{m['cpu']} ({m['cpu_count']} cores), torch {m['torch']}, {m['torch_threads']} threads, "
+            f"{m['cpu_capability']}, oneDNN {m['onednn']}" + (f", GPU {m['gpu']}" if m["gpu"] else ""))
+
+
 def command(module: str, argv: Sequence[str]) -> str:
     """The command line that runs ``module`` with ``argv``, as typed from the repository root."""
     return shlex.join(["python", "-m", module, *map(str, argv)])
@@ -101,6 +140,7 @@ def collect(module: str, argv: Sequence[str] | None = None, *, root: Path = REPO
         "command": command(module, argv),
         "rule": rule_parameters(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
     }
 
 
@@ -122,7 +162,8 @@ def rule_text(rule: dict) -> str:
 def header(record: dict) -> str:
     """``# key: value`` lines for the top of a text result (a script's saved output)."""
     return "\n".join([f"# commit: {record['commit']}", f"# command: {record['command']}",
-                      f"# rule: {rule_text(record['rule'])}", f"# date: {record['date']}"])
+                      f"# rule: {rule_text(record['rule'])}", f"# date: {record['date']}",
+                      f"# machine: {machine_text(record)}"])
 
 
 def markdown_lines(record: dict) -> list[str]:
@@ -131,5 +172,6 @@ def markdown_lines(record: dict) -> list[str]:
             f"- commit: `{record['commit']}`",
             f"- command: `{record['command']}`",
             f"- rule: `{rule_text(record['rule'])}`",
-            f"- date: {record['date']}"]
+            f"- date: {record['date']}",
+            f"- machine: {machine_text(record)}"]
 

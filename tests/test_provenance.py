@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from evaluation import collapse, memorisation
 from experiments import provenance
@@ -104,6 +105,13 @@ def test_collect_and_its_three_forms(repo):
     assert all(line.startswith("# ") for line in lines)
     assert lines[2].startswith("# rule: evaluation.collapse.detect_collapse(")
     assert f"evaluation.collapse.WOBBLE_WINDOW={collapse.WOBBLE_WINDOW}" in lines[2]
+
+    # The machine: a trained figure depends on the CPU's kernels and the thread count too.
+    assert record["machine"]["torch"] == torch.__version__
+    assert record["machine"]["torch_threads"] == torch.get_num_threads()
+    assert record["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert lines[4] == f"# machine: {provenance.machine_text(record)}"
+    assert f"{torch.get_num_threads()} threads" in lines[4]
 
     section = provenance.markdown_lines(record)
     assert "## Provenance" in section
