@@ -18,6 +18,17 @@ The rule, in plain words:
      duplicate share by more than the duplicate margin (so an untrained generator's identical
      blobs at the first checkpoints are not collapse: only a rise from the best so far counts).
 
+   Each of the three counts only when **FID confirms it**: the checkpoint's FID is higher than
+   the mean FID of the ``patience`` checkpoints that held the best it fell from. Losing modes
+   raises FID in any feature space; a change in how the samples look need not. In the random
+   feature space slightly blurred or down-sampled novel faces cover *more* real images than
+   sharp ones (0.76-0.79 against 0.68), so a run that passes through blurred samples and ends
+   sharp "falls" in coverage while its FID gets better: without the confirmation, 4 of 4 such
+   histories got a collapse onset (figures in ``experiments/RESULTS.md``, "Collapse onsets on
+   degraded histories"). The mean of the best stretch, not its worse or better checkpoint: one
+   noisy checkpoint there must not let a real collapse through, nor a lucky one turn a wobble
+   into a drop.
+
    A tolerance is the larger of three times the spread that the score shows by chance on the real
    data at this sample size and a fixed floor (coverage 0.05, diversity 0.10, duplicate share
    0.10), because checkpoints also differ from each other by more than sampling noise. The
@@ -85,7 +96,7 @@ __all__ = ["Choice", "CollapseResult", "choose_best", "detect_collapse"]
 # Checkpoints whose diversity changes measure the run's wobble (module docstring): the recent ones.
 WOBBLE_WINDOW = 6
 
-_DETECT_KEYS = ("epoch", "coverage", "diversity", "duplicate_share")
+_DETECT_KEYS = ("epoch", "coverage", "diversity", "duplicate_share", "fid")
 _CHOICE_KEYS = ("epoch", "fid", "kid", "kid_std")
 _NOISE_KEYS = ("coverage_std", "diversity_std", "duplicate_share_mean", "duplicate_share_std")
 
@@ -161,14 +172,18 @@ def _check_checkpoints(checkpoints: Sequence[Mapping], keys: tuple[str, ...]) ->
         raise ValueError(f"checkpoints must be in increasing epoch order, got {epochs}")
 
 
-def _held_best(values: Sequence[float | None], width: int) -> float | None:
-    """The highest level ``width`` consecutive values all reach (None entries break a run).
+def _held_best(values: Sequence[float | None], width: int) -> tuple[float, int] | tuple[None, None]:
+    """The highest level ``width`` consecutive values all reach (None entries break a run), and
+    where the first window holding it starts.
 
-    That is the largest minimum over windows of ``width``; None when no window is complete.
+    That is the largest minimum over windows of ``width``; (None, None) when no window is complete.
     """
-    levels = [min(window) for window in (values[i:i + width] for i in range(len(values) - width + 1))
-              if None not in window]
-    return max(levels, default=None)
+    levels = [(min(values[i:i + width]), -i) for i in range(len(values) - width + 1)
+              if None not in values[i:i + width]]
+    if not levels:
+        return None, None
+    level, start = max(levels)
+    return level, -start
 
 
 def _wobble(values: Sequence[float]) -> float:
@@ -183,6 +198,14 @@ def _wobble(values: Sequence[float]) -> float:
     middle = len(changes) // 2
     median = changes[middle] if len(changes) % 2 else (changes[middle - 1] + changes[middle]) / 2
     return median / 0.954
+
+
+def _confirmed(reason: str, checkpoint: Mapping[str, float], best: Sequence[Mapping[str, float]]) -> str | None:
+    """``reason`` with the FID that confirms it, or None when FID does not: the checkpoint's FID is
+    no higher than the mean FID of the checkpoints that held the best it fell from (module
+    docstring, 1)."""
+    bar = sum(c["fid"] for c in best) / len(best)
+    return f"{reason}, FID {checkpoint['fid']:.4g} > {bar:.4g} at that best" if checkpoint["fid"] > bar else None
 
 
 def detect_collapse(
@@ -200,7 +223,7 @@ def detect_collapse(
 
     Args:
         checkpoints: per-checkpoint scores in increasing epoch order, each with at least
-            ``epoch``, ``coverage``, ``diversity`` and ``duplicate_share``.
+            ``epoch``, ``coverage``, ``diversity``, ``duplicate_share`` and ``fid``.
         noise: chance levels from :func:`evaluation.metrics.calibrate_noise`; needs
             ``coverage_std``, ``diversity_std``, ``duplicate_share_mean`` and
             ``duplicate_share_std``.
@@ -232,7 +255,7 @@ def detect_collapse(
     for index, checkpoint in enumerate(checkpoints):
         earlier = checkpoints[:index]
         reasons = []
-        best_coverage = _held_best([c["coverage"] for c in earlier], patience)
+        best_coverage, coverage_from = _held_best([c["coverage"] for c in earlier], patience)
         if best_coverage is not None:  # too few checkpoints before this one: nothing to fall from
             # Bests of diversity and duplicates come only from checkpoints that covered about as
             # much as the best (and learned anything at all): an untrained generator's noise looks
@@ -240,24 +263,26 @@ def detect_collapse(
             # it covers more. Neither is a best to fall from.
             frontier = max(max(best_coverage, checkpoint["coverage"]) - coverage_tolerance, min_coverage)
             on_frontier = [c["coverage"] >= frontier for c in earlier]
-            fewest = _held_best([-c["duplicate_share"] if ok else None for c, ok in zip(earlier, on_frontier)],
-                                patience)
+            fewest, fewest_from = _held_best(
+                [-c["duplicate_share"] if ok else None for c, ok in zip(earlier, on_frontier)], patience)
             limit = None if fewest is None else max(duplicate_limit, -fewest + duplicate_margin)
             if limit is not None and checkpoint["duplicate_share"] > limit:
-                reasons.append(f"duplicate share {checkpoint['duplicate_share']:.3f} > {limit:.3f}")
+                reasons.append(_confirmed(f"duplicate share {checkpoint['duplicate_share']:.3f} > {limit:.3f}",
+                                          checkpoint, earlier[fewest_from:fewest_from + patience]))
             if checkpoint["coverage"] < best_coverage - coverage_tolerance:
-                reasons.append(
-                    f"coverage {checkpoint['coverage']:.3f} < best {best_coverage:.3f} - {coverage_tolerance:.3f}"
-                )
+                reasons.append(_confirmed(
+                    f"coverage {checkpoint['coverage']:.3f} < best {best_coverage:.3f} - {coverage_tolerance:.3f}",
+                    checkpoint, earlier[coverage_from:coverage_from + patience]))
             compared = [min(c["diversity"], 1.0) if ok else None for c, ok in zip(earlier, on_frontier)]
-            best_diversity = _held_best(compared, patience)
+            best_diversity, diversity_from = _held_best(compared, patience)
             # The wobble leaves out checkpoints that showed a drop: a collapse is not wobble.
             steady = [v for v, fell in zip(compared, drops) if v is not None and not fell]
             tolerance = max(diversity_tolerance, sigmas * _wobble(steady[-WOBBLE_WINDOW:]))
             diversity = min(checkpoint["diversity"], 1.0)
             if best_diversity is not None and diversity < best_diversity - tolerance:
-                reasons.append(f"diversity {diversity:.3f} < best {best_diversity:.3f} - {tolerance:.3f}")
-        drops.append(reasons)
+                reasons.append(_confirmed(f"diversity {diversity:.3f} < best {best_diversity:.3f} - {tolerance:.3f}",
+                                          checkpoint, earlier[diversity_from:diversity_from + patience]))
+        drops.append([reason for reason in reasons if reason is not None])
 
     epochs = [int(c["epoch"]) for c in checkpoints]
     collapsed = [False] * len(checkpoints)

@@ -23,7 +23,9 @@ def run(coverage, diversity=None, duplicates=None, fid=None, kid=None, kid_std=0
     n = len(coverage)
     diversity = diversity or [0.9] * n
     duplicates = duplicates or [0.01] * n
-    fid = fid or [100.0 * (1.0 - c) + 10.0 for c in coverage]
+    # Losing modes costs FID: every score's fall raises it (the rule wants FID to confirm a drop).
+    fid = fid or [100.0 * (1.0 - c) + 50.0 * (1.0 - min(d, 1.0)) + 50.0 * u + 10.0
+                  for c, d, u in zip(coverage, diversity, duplicates)]
     kid = kid or [f / 1000.0 for f in fid]
     return [
         {
@@ -48,18 +50,35 @@ def test_rise_then_collapse_has_onset_at_the_first_drop():
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 500
     assert result.collapsed == [False] * 4 + [True] * 3
-    assert "coverage 0.600 < best 0.800 - 0.050" in result.drops[4]  # 0.8 held at 300 and 400
+    # 0.8 held at 300 and 400, whose mean FID (34.5) the collapse's FID exceeds
+    assert "coverage 0.600 < best 0.800 - 0.050, FID 70.5 > 34.5 at that best" in result.drops[4]
     assert choose_best(checkpoints, result).epoch == 400
 
 
 def test_partial_recovery_keeps_the_onset_and_chooses_before_it():
     coverage = [0.3, 0.7, 0.8, 0.8, 0.55, 0.5, 0.7, 0.72]
-    fid = [80, 40, 31, 30, 50, 55, 29, 28]  # the recovered tail even has a lower FID
+    fid = [80, 40, 31, 30, 50, 55, 36, 35]  # the tail recovers part of the coverage, not the FID
     checkpoints = run(coverage, fid=fid)
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 500
     assert result.collapsed == [False, False, False, False, True, True, True, True]
     assert choose_best(checkpoints, result).epoch == 400
+
+
+def test_lower_coverage_with_a_better_fid_than_at_the_best_is_not_a_drop():
+    # A generator whose samples change look (blurred, then sharp) can lose coverage in a feature
+    # space that favours the blurred ones while its FID gets better: no mode was lost.
+    coverage = [0.3, 0.7, 0.8, 0.8, 0.55, 0.5, 0.7, 0.72]
+    fid = [80, 40, 31, 30, 50, 55, 29, 28]  # the tail: less coverage than at the best, lower FID
+    checkpoints = run(coverage, fid=fid)
+    result = detect_collapse(checkpoints, NOISE)
+    assert result.drops[6] == [] and result.drops[7] == []
+    assert result.onset_epoch is None and result.passing_epochs == [500]
+    assert choose_best(checkpoints, result).epoch == 800
+    # FID equal to the best stretch's mean does not confirm either; one above it does.
+    for tail_fid, dropped in ((30.5, False), (30.6, True)):
+        tail = run([0.3, 0.7, 0.8, 0.8, 0.6], fid=[80, 40, 31, 30, tail_fid])
+        assert bool(detect_collapse(tail, NOISE).drops[4]) == dropped
 
 
 def test_noise_within_tolerance_is_not_collapse():
@@ -71,11 +90,12 @@ def test_noise_within_tolerance_is_not_collapse():
 
 def test_a_single_dip_that_recovers_is_not_collapse():
     checkpoints = run([0.5, 0.8, 0.82, 0.6, 0.81, 0.82])
+    checkpoints[3]["fid"] = 35.0  # above the mean FID of 200 and 300 (34.5), below the checkpoints after it
+    checkpoints[4]["fid"] = checkpoints[5]["fid"] = 40.0
     result = detect_collapse(checkpoints, NOISE, patience=2)
     assert result.onset_epoch is None
     assert result.drops[3] and not result.collapsed[3]
-    # The dipped checkpoint is never chosen, even with the lowest FID.
-    checkpoints[3]["fid"] = 1.0
+    # The dipped checkpoint is never chosen, even with a lower FID than the checkpoints after it.
     choice = choose_best(checkpoints, result)
     assert choice.epoch != 400
     assert "skipping checkpoints with a drop (a dip at epoch 400)" in choice.reason
@@ -133,7 +153,7 @@ def test_duplicate_spike_is_collapse_even_with_coverage_kept():
     checkpoints = run([0.5, 0.8, 0.82, 0.81, 0.82], duplicates=[0.01, 0.02, 0.01, 0.4, 0.6])
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 400
-    assert "duplicate share 0.400 > 0.120" in result.drops[3]  # 0.02 + 0.10: the fewest held for 2
+    assert "duplicate share 0.400 > 0.120, FID 54 > 34.75 at that best" in result.drops[3]  # 0.02 + 0.10: the fewest held for 2
 
 
 def test_diversity_fall_alone_is_collapse():
@@ -188,14 +208,14 @@ def test_diversity_wandering_like_a_trained_feature_space_is_not_collapse():
     assert not any(result.drops) and result.onset_epoch is None
     # The floor alone, without the run's wobble, would have flagged the last checkpoint.
     flat = run([0.8] * 4, [0.80, 0.80, 0.80, 0.673])
-    assert detect_collapse(flat, NOISE).drops[3] == ["diversity 0.673 < best 0.800 - 0.100"]
+    assert detect_collapse(flat, NOISE).drops[3] == ["diversity 0.673 < best 0.800 - 0.100, FID 46.85 > 40.5 at that best"]
     # A collapse still falls far beyond the wobble: diversity halves.
     falling = run([0.8] * 11, diversity + [0.26, 0.24])
     result = detect_collapse(falling, NOISE)
     assert result.onset_epoch == 1000
     # median neighbour change of the last six steady values, 0.72 0.73 0.80 0.80 0.72 0.673
     tolerance = 3 * 0.047 / 0.954
-    assert result.drops[9] == [f"diversity 0.260 < best 0.800 - {tolerance:.3f}"]
+    assert result.drops[9][0].startswith(f"diversity 0.260 < best 0.800 - {tolerance:.3f}, FID ")
 
 
 def test_wobble_comes_from_recent_checkpoints_not_early_learning():
@@ -204,7 +224,7 @@ def test_wobble_comes_from_recent_checkpoints_not_early_learning():
     checkpoints = run([0.8] * 13, early + settled + [0.55, 0.54])
     result = detect_collapse(checkpoints, NOISE)
     assert result.onset_epoch == 1200
-    assert result.drops[11] == ["diversity 0.550 < best 0.800 - 0.100"]  # the floor: the wobble is 0.01
+    assert result.drops[11][0].startswith("diversity 0.550 < best 0.800 - 0.100,")  # the floor: the wobble is 0.01
     # Counting the early swings as wobble would have hidden it.
     assert 3 * collapse._wobble(early + settled) > 0.80 - 0.55
 
@@ -246,7 +266,7 @@ def test_duplicates_that_rise_while_coverage_rises_are_learning_not_collapse():
     # from epoch 300 (0.25 > 0.05 + 0.10); only checkpoints that covered about as much count now.
     later = detect_collapse(run(coverage + [0.30, 0.31], duplicates=duplicates + [0.90, 0.95]), NOISE)
     assert later.onset_epoch == 800  # a rise above checkpoints that covered as much still counts
-    assert "duplicate share 0.900 > 0.720" in later.drops[7]  # 0.62, the fewest held at 0.30+, + 0.10
+    assert "duplicate share 0.900 > 0.720, FID 130 > 115 at that best" in later.drops[7]  # 0.62, the fewest held at 0.30+, + 0.10
 
 
 def test_checkpoints_that_cover_nothing_set_no_best():
@@ -294,7 +314,7 @@ def test_one_lucky_checkpoint_does_not_set_the_bar():
 
 
 def test_held_best_is_the_highest_level_held_in_a_row():
-    assert collapse._held_best([0.3, 0.9, 0.5, 0.6, 0.7], 2) == 0.6
-    assert collapse._held_best([0.3, 0.9, 0.5, 0.6, 0.7], 1) == 0.9
-    assert collapse._held_best([0.8, None, 0.8, 0.7], 2) == 0.7  # None breaks a run
-    assert collapse._held_best([0.8], 2) is None
+    assert collapse._held_best([0.3, 0.9, 0.5, 0.6, 0.7], 2) == (0.6, 3)
+    assert collapse._held_best([0.3, 0.9, 0.5, 0.6, 0.7], 1) == (0.9, 1)
+    assert collapse._held_best([0.8, None, 0.8, 0.7], 2) == (0.7, 2)  # None breaks a run
+    assert collapse._held_best([0.8], 2) == (None, None)

@@ -13,7 +13,8 @@ NOISE = {"sample_size": 500, "copy_share_heldout": 0.0, "heldout_size": 400, "me
 
 def evaluation_of(diversity, copy, memorised):
     scored = [Scored(10 * (i + 1), f"ckpt-{10 * (i + 1)}",
-                     {"fid": 50.0 - i, "kid": 0.05 - i / 100, "kid_std": 1e-4, "precision": 0.7, "recall": 0.6,
+                     # a diversity fall costs FID (the collapse rule wants FID to confirm a drop)
+                     {"fid": 50.0 - i + 30.0 * (0.9 - d), "kid": 0.05 - i / 100, "kid_std": 1e-4, "precision": 0.7, "recall": 0.6,
                       "density": 1.0, "coverage": 0.8, "vendi": 10.0, "diversity": d, "duplicate_share": 0.01,
                       "memorised_share": m, "copy_share": c}, num_samples=500)
               for i, (d, c, m) in enumerate(zip(diversity, copy, memorised))]
