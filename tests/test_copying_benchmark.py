@@ -89,3 +89,29 @@ def test_replay_judges_histories_stored_before_the_copy_test_by_the_distance_tes
     path.write_text(json.dumps({**stored, "histories": {**stored["histories"], "runs": [planted]}}))
     text = replay.against(RESULTS_DIR / "collapse_benchmark-quick.json", path)
     assert f"| {run['run']} | {run['features']} | yes |" in text
+
+
+def test_degraded_histories_keep_every_score_and_replay_as_judged(tmp_path, monkeypatch, capsys):
+    import json
+
+    from experiments.collapse import replay
+
+    monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
+    copying.main(["--tiny", "--parts", "histories", "--history-seeds", "3", "--out", str(tmp_path)])
+    stored = json.loads((tmp_path / "copying_ladders-tiny.json").read_text())
+    assert list(stored["histories"]) == ["random/degraded-3", "encoder/degraded-3"]
+    history = stored["histories"]["random/degraded-3"]
+    assert {"fid", "coverage", "diversity", "duplicate_share", "copy_share"} <= set(history["points"][0]["scores"])
+    assert {"coverage_std", "diversity_std"} <= set(history["noise"])
+    capsys.readouterr()
+    assert replay.main([str(tmp_path / "copying_ladders-tiny.json")]) == 0
+    out = capsys.readouterr().out
+    # Today's rule on the stored scores finds what the benchmark found when it ran.
+    for key, history in stored["histories"].items():
+        assert f"| {key} | 4 | {history['collapse_onset']} | {history['collapse_onset']} |" in out
+    # A changed rule is what gets replayed: here one that puts an onset at epoch 2 on every history.
+    from evaluation.collapse import CollapseResult
+
+    monkeypatch.setattr(replay, "detect_collapse", lambda rows, noise: CollapseResult(
+        [r["epoch"] for r in rows], [False] * len(rows), [[]] * len(rows), 2, {}))
+    assert "Collapse onsets, replayed: 2 of 2 histories." in replay.degraded_report("x", stored)

@@ -333,11 +333,17 @@ def main(argv: list[str] | None = None) -> dict:
                         help="instead: train every run with in-training evaluation and stopping on collapse, in each "
                              "feature space, and compare with `facegan evaluate` on the same checkpoints (writes "
                              "...-online.json/.md)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="train every run configuration with these seeds instead of the scale's (held-out runs "
+                             "for a changed rule); adds -seedsA-B... to the result files' names")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     scale = SCALES["tiny" if args.tiny else "quick" if args.quick else "full"]
     suffix = "" if scale.name == "full" else f"-{scale.name}"
+    if args.seeds:
+        scale = replace(scale, runs=tuple(replace(run, seeds=tuple(args.seeds)) for run in scale.runs))
+        suffix += "-seeds" + "-".join(map(str, args.seeds))
     if args.encoder_epochs is not None:
         if args.encoder_epochs < 1:
             parser.error(f"--encoder-epochs must be at least 1, got {args.encoder_epochs}")

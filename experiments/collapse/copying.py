@@ -191,15 +191,17 @@ def copy_ladders(training: torch.Tensor, num_samples: int) -> dict[str, list[tup
     return ladders
 
 
-def degraded_history(num_checkpoints: int, num_samples: int, seed: int) -> list[tuple[str, torch.Tensor]]:
+def degraded_history(num_checkpoints: int, num_samples: int, seed: int,
+                     max_level: int = 3) -> list[tuple[str, torch.Tensor]]:
     """A run that neither copies nor collapses: every checkpoint fresh novel faces, degraded by a
-    kind that changes every 8 checkpoints at a strength that wanders (0 = clean, 1..3)."""
+    kind that changes every 8 checkpoints at a strength that wanders (0 = clean, 1..``max_level``
+    of :data:`DEGRADATIONS`' strengths; 1: the look of an ordinary GAN's imperfect samples)."""
     rng = np.random.default_rng(seed)
     kinds = list(DEGRADATIONS)
-    level, sets = int(rng.integers(0, 4)), []
+    level, sets = int(rng.integers(0, max_level + 1)), []
     for index in range(num_checkpoints):
         kind = kinds[(index // 8 + seed) % len(kinds)]
-        level = int(np.clip(level + rng.integers(-1, 2), 0, 3))
+        level = int(np.clip(level + rng.integers(-1, 2), 0, max_level))
         images = novel_faces(num_samples, 1000 * (seed + 1) + index)
         if level == 0:
             sets.append(("clean", images))
@@ -346,10 +348,14 @@ def judge(sets: list[tuple[str, torch.Tensor]], scorer: Scorer, ct: CTReference)
         points.append({"set": label, **copy_keys(scored.scores), "flagged": evaluation.memorised(scored.epoch),
                        "distance_flagged": scored.epoch in distance,
                        "ct": round(value, 3), "ct_flagged": bool(value < CT_COPYING),
-                       "coverage": round(scored.scores["coverage"], 4)})
+                       "coverage": round(scored.scores["coverage"], 4),
+                       # Every score, so a changed rule can be judged on this history again in seconds
+                       # (experiments/collapse/replay.py --degraded).
+                       "scores": {k: float(v) for k, v in scored.scores.items()}})
     return {"points": points, "threshold": memorisation.threshold, "chance": memorisation.chance,
             "reference": memorisation.reference, "memorisation_onset": memorisation.onset_epoch,
-            "collapse_onset": evaluation.collapse.onset_epoch, "rule": _rule_name(evaluation)}
+            "collapse_onset": evaluation.collapse.onset_epoch, "rule": _rule_name(evaluation),
+            "noise": dict(evaluation.noise)}
 
 
 def _distance_flags(memorisation) -> list[int]:
@@ -581,7 +587,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the encoder space (from `facegan encoder` or an earlier run, kept with --keep-encoder); "
                              "default: train one on the training faces (30 epochs, --quick's)")
     parser.add_argument("--keep-encoder", type=Path, metavar="FILE.pt2", help="write the trained encoder here")
-    parser.add_argument("--histories", type=int, default=2, help="degraded histories per feature space")
+    parser.add_argument("--histories", type=int, default=2, help="degraded histories per feature space (seeds 0..N-1)")
+    parser.add_argument("--history-levels", type=int, default=3, choices=(1, 2, 3),
+                        help="the strongest degradation the histories wander to (1: only each kind's mildest, the "
+                             "look of an ordinary GAN's samples; 3: all; default 3)")
+    parser.add_argument("--history-seeds", type=int, nargs="+", metavar="SEED",
+                        help="instead: the degraded histories' seeds (held-out ones: seeds no rule was tuned on)")
     parser.add_argument("--trained-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--trained-epochs", type=int, default=80)
     parser.add_argument("--checkpoint-every", type=int, default=2)
@@ -645,11 +656,12 @@ def main(argv: list[str] | None = None) -> dict:
         if "histories" in parts:
             size = sizes[0] if args.tiny else HISTORY_SAMPLES
             scorer = Scorer(extractor, real, size)
-            for seed in range(args.histories):
-                result["histories"][f"{space}/degraded-{seed}"] = history = judge(
-                    degraded_history(checkpoints, size, seed), scorer, ct)
+            for seed in args.history_seeds or range(args.histories):
+                level = "" if args.history_levels == 3 else f"-level{args.history_levels}"
+                result["histories"][f"{space}/degraded{level}-{seed}"] = history = judge(
+                    degraded_history(checkpoints, size, seed, args.history_levels), scorer, ct)
                 rule = history["rule"]
-                log(f"history {space}/degraded-{seed}: rule {_calls(history['points'], 'flagged')}, C_T "
+                log(f"history {space}/degraded{level}-{seed}: rule {_calls(history['points'], 'flagged')}, C_T "
                     f"{_calls(history['points'], 'ct_flagged')}, collapse onset {history['collapse_onset']}")
     if "trained" in parts and not args.tiny:
         result["trained"] = trained_histories(spaces, args.tracking_uri, tuple(args.trained_seeds),

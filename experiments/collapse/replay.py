@@ -16,6 +16,7 @@ Usage::
 
     python -m experiments.collapse.replay [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
     python -m experiments.collapse.replay --against STORED.json RESULT.json   (the same benchmark run again)
+    python -m experiments.collapse.replay copying_ladders-TAG.json   (degraded histories, from collapse/copying.py)
 
 The output starts with ``# commit:`` / ``# command:`` lines (:mod:`experiments.provenance`), for
 when it is kept as a result.
@@ -157,6 +158,39 @@ def against(old_path: Path, new_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def degraded_report(name: str, result: dict) -> str:
+    """The degraded histories and trained stable runs of a ``collapse/copying.py`` result (runs that
+    neither copy nor collapse) as the stored and today's collapse rule judge them: any onset is a
+    false alarm."""
+    lines = [f"## {name}: degraded histories (no copying, no collapse: every onset is a false alarm)", "",
+             "The tail: the sets of the last 3 checkpoints, and the last checkpoint's FID over the history's lowest "
+             "(a history that ends on heavily degraded faces ends much worse than its best).", "",
+             "| history | checkpoints | stored onset | replayed onset | replayed passing collapses | tail | "
+             "FID last / lowest |", "|---|---|---|---|---|---|---|"]
+    onsets = 0
+    for key, history in result["histories"].items():
+        if "noise" not in history or "scores" not in history["points"][0]:
+            raise StaleResult(f"history {key} lacks its scores: the file predates stored scores; run "
+                              "python -m experiments.collapse.copying --parts histories again to replay it")
+        rows = [{"epoch": i + 1, **point["scores"]} for i, point in enumerate(history["points"])]
+        collapse = detect_collapse(rows, history["noise"])
+        onsets += collapse.onset_epoch is not None
+        tail = ", ".join(point["set"] for point in history["points"][-3:])
+        worse = rows[-1]["fid"] / min(row["fid"] for row in rows)
+        lines.append(f"| {key} | {len(rows)} | {history['collapse_onset']} | {collapse.onset_epoch} | "
+                     f"{', '.join(map(str, collapse.passing_epochs)) or 'none'} | {tail} | {worse:.2f} |")
+    lines += ["", f"Collapse onsets, replayed: {onsets} of {len(result['histories'])} histories."]
+    if result.get("trained"):  # the long trained stable runs, stored as the benchmark stores its runs
+        lines += ["", "| trained stable run | features | checkpoints | stored onset | replayed onset | GT onset | "
+                      "replayed choice (GT modes) | GT best |", "|---|---|---|---|---|---|---|---|"]
+        for run in result["trained"]:
+            again = replay_run(run)
+            lines.append(f"| {run['run']} | {run['features']} | {len(run['checkpoints'])} | {run['detected_onset']} "
+                         f"| {again['detected_onset']} | {again['gt_onset']} | {again['picks']['facegan']['epoch']} "
+                         f"({again['picks']['facegan']['modes']}) | {again['picks']['gt_best']['modes']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -183,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         try:
             result = json.loads(path.read_text())
-            print(report(path.name, result))
+            print(degraded_report(path.name, result) if "degradations" in result else report(path.name, result))
         except (OSError, json.JSONDecodeError, KeyError) as error:
             print(f"{path}: not a collapse benchmark result ({error})", file=sys.stderr)
             status = 1
