@@ -109,9 +109,17 @@ def test_degraded_histories_keep_every_score_and_replay_as_judged(tmp_path, monk
     # Today's rule on the stored scores finds what the benchmark found when it ran.
     for key, history in stored["histories"].items():
         assert f"| {key} | 4 | {history['collapse_onset']} | {history['collapse_onset']} |" in out
+    # An earlier commit's rule reads that commit's evaluation/collapse.py (HEAD's is today's here).
+    assert replay.rule_from("HEAD")(rows_of(history), history["noise"]).onset_epoch == history["collapse_onset"]
+    with pytest.raises(SystemExit, match="cannot read evaluation/collapse.py at that commit"):
+        replay.rule_from("no-such-commit")
     # A changed rule is what gets replayed: here one that puts an onset at epoch 2 on every history.
     from evaluation.collapse import CollapseResult
 
     monkeypatch.setattr(replay, "detect_collapse", lambda rows, noise: CollapseResult(
         [r["epoch"] for r in rows], [False] * len(rows), [[]] * len(rows), 2, {}))
     assert "Collapse onsets, replayed: 2 of 2 histories." in replay.degraded_report("x", stored)
+
+
+def rows_of(history: dict) -> list[dict]:
+    return [{"epoch": i + 1, **point["scores"]} for i, point in enumerate(history["points"])]

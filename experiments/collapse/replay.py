@@ -17,6 +17,7 @@ Usage::
     python -m experiments.collapse.replay [RESULT.json ...]   (default: experiments/results/collapse_benchmark*.json)
     python -m experiments.collapse.replay --against STORED.json RESULT.json   (the same benchmark run again)
     python -m experiments.collapse.replay copying_ladders-TAG.json   (degraded histories, from collapse/copying.py)
+    python -m experiments.collapse.replay --rule-from COMMIT [RESULT.json ...]   (the collapse rule of COMMIT instead)
 
 The output starts with ``# commit:`` / ``# command:`` lines (:mod:`experiments.provenance`), for
 when it is kept as a result.
@@ -162,11 +163,13 @@ def degraded_report(name: str, result: dict) -> str:
     """The degraded histories and trained stable runs of a ``collapse/copying.py`` result (runs that
     neither copy nor collapse) as the stored and today's collapse rule judge them: any onset is a
     false alarm."""
-    lines = [f"## {name}: degraded histories (no copying, no collapse: every onset is a false alarm)", "",
-             "The tail: the sets of the last 3 checkpoints, and the last checkpoint's FID over the history's lowest "
-             "(a history that ends on heavily degraded faces ends much worse than its best).", "",
-             "| history | checkpoints | stored onset | replayed onset | replayed passing collapses | tail | "
-             "FID last / lowest |", "|---|---|---|---|---|---|---|"]
+    lines = [f"## {name}: runs that neither copy nor collapse (every onset is a false alarm)"]
+    if result["histories"]:
+        lines += ["", "Degraded histories. The tail: the sets of the last 3 checkpoints, and the last checkpoint's FID "
+                      "over the history's lowest (a history that ends on degraded faces can end much worse than its "
+                      "best).", "",
+                  "| history | checkpoints | stored onset | replayed onset | replayed passing collapses | tail | "
+                  "FID last / lowest |", "|---|---|---|---|---|---|---|"]
     onsets = 0
     for key, history in result["histories"].items():
         if "noise" not in history or "scores" not in history["points"][0]:
@@ -179,7 +182,8 @@ def degraded_report(name: str, result: dict) -> str:
         worse = rows[-1]["fid"] / min(row["fid"] for row in rows)
         lines.append(f"| {key} | {len(rows)} | {history['collapse_onset']} | {collapse.onset_epoch} | "
                      f"{', '.join(map(str, collapse.passing_epochs)) or 'none'} | {tail} | {worse:.2f} |")
-    lines += ["", f"Collapse onsets, replayed: {onsets} of {len(result['histories'])} histories."]
+    if result["histories"]:
+        lines += ["", f"Collapse onsets, replayed: {onsets} of {len(result['histories'])} histories."]
     if result.get("trained"):  # the long trained stable runs, stored as the benchmark stores its runs
         lines += ["", "| trained stable run | features | checkpoints | stored onset | replayed onset | GT onset | "
                       "replayed choice (GT modes) | GT best |", "|---|---|---|---|---|---|---|---|"]
@@ -189,6 +193,28 @@ def degraded_report(name: str, result: dict) -> str:
                          f"| {again['detected_onset']} | {again['gt_onset']} | {again['picks']['facegan']['epoch']} "
                          f"({again['picks']['facegan']['modes']}) | {again['picks']['gt_best']['modes']} |")
     return "\n".join(lines) + "\n"
+
+
+def rule_from(commit: str):
+    """``detect_collapse`` as ``evaluation/collapse.py`` held it at ``commit`` (an earlier rule on
+    today's stored scores: what a change moved)."""
+    import subprocess
+    import types
+
+    try:
+        source = subprocess.run(["git", "show", f"{commit}:evaluation/collapse.py"], cwd=provenance.REPO_ROOT,
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise SystemExit(f"--rule-from {commit}: cannot read evaluation/collapse.py at that commit ({error})")
+    module = types.ModuleType(f"collapse_at_{commit}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(source, f"{commit}:evaluation/collapse.py", "exec"), module.__dict__)
+    return module.detect_collapse
+
+
+def _say_rule(commit: str | None) -> None:
+    if commit:  # the provenance's "# rule:" line gives today's parameters; the function judging is this one
+        print(f"# collapse rule judging: evaluation/collapse.py at {commit}")
 
 
 def _fmt(value) -> str:
@@ -202,17 +228,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", type=Path, metavar="STORED.json",
                         help="instead: compare the one RESULT.json (the same benchmark run again) with STORED.json, "
                              "both judged by today's rules")
+    parser.add_argument("--rule-from", metavar="COMMIT",
+                        help="judge with the collapse rule (evaluation/collapse.py's detect_collapse) of this git "
+                             "commit instead of today's")
     args = parser.parse_args(argv)
+    global detect_collapse
+    today = detect_collapse
+    if args.rule_from:
+        detect_collapse = rule_from(args.rule_from)
+    try:
+        return _judge_files(args, argv)
+    finally:
+        detect_collapse = today  # a later call in the same process judges by today's rule again
+
+
+def _judge_files(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.against is not None:
         if len(args.results) != 1:
-            parser.error("--against takes exactly one RESULT.json")
+            raise SystemExit("--against takes exactly one RESULT.json")
         provenance.announce(__spec__.name, argv)
+        _say_rule(args.rule_from)
         print(against(args.against, args.results[0]))
         return 0
     paths = args.results or sorted(RESULTS_DIR.glob("collapse_benchmark*.json"))
     if not paths:
-        parser.error(f"no benchmark results under {RESULTS_DIR}; run python -m experiments.collapse.benchmark first")
+        raise SystemExit(f"no benchmark results under {RESULTS_DIR}; run python -m experiments.collapse.benchmark first")
     provenance.announce(__spec__.name, argv)
+    _say_rule(args.rule_from)
     status = 0
     for path in paths:
         try:

@@ -66,7 +66,8 @@ def evaluate(runs, experiment, samples, checkpoints, real, factory, latent_shape
     relative to the real data), duplicate/memorised shares and the copy share. A checkpoint is collapsed when its
     coverage or diversity falls clearly (beyond what the real data shows by chance and beyond the
     run's own checkpoint-to-checkpoint wobble, and for two checkpoints running) below the best
-    the run held for two checkpoints, or its duplicate share jumps; a single drop at the last
+    the run held for two checkpoints, or its duplicate share jumps, with its FID above the FID
+    at that best (losing modes costs FID; a change of look need not); a single drop at the last
     checkpoint is reported as unconfirmed. The choice is the lowest FID before the onset,
     skipping checkpoints with a drop (checkpoints tied with it within KID noise are named).
 
