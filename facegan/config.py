@@ -338,6 +338,11 @@ def resolve(cfg: Config) -> Config:
     if t.batch_size % t.world_size:
         raise FaceganError(f"train.batch_size ({t.batch_size}) is the whole minibatch, split evenly among the "
                            f"{t.world_size} training processes: make it a multiple of {t.world_size}")
+    for key, seed in (("train.seed", t.seed), ("data.seed", d.seed)):
+        # torch's and numpy's generators take seeds in [0, 2^64); the training derives others from
+        # these (per-rank streams, the fixed latents' seed + 1000003), so half that range is safe.
+        if not 0 <= seed < 2**63:
+            raise FaceganError(f"{key} must be in [0, 2^63), got {seed}")
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(t, key) < 1:
             raise FaceganError(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
