@@ -152,3 +152,19 @@ def test_report_dir_is_checked_before_anything_runs(tmp_path):
     with pytest.raises(FaceganError, match="cannot write there"):
         check_report_dir(tmp_path / "a-file" / "below")
     assert check_report_dir(tmp_path / "new" / "pages").is_dir()
+
+
+def test_page_size_benchmark_measures_a_page_with_every_section(tmp_path, monkeypatch, capsys):
+    from experiments import page_size
+
+    monkeypatch.setenv("FACEGAN_CACHE_DIR", str(tmp_path / "cache"))
+    text = page_size.planted_page(32, 60, 120)
+    # every section: the chosen (40), copying-onset (60), collapse-onset (70) and last (80) grids,
+    # the groups at the collapse, the copies beside their training twins
+    assert re.findall(r'alt="samples of epoch (\d+)"', text) == ["40", "60", "70", "80"]
+    assert "Near-identical samples: epoch 70 (collapse onset)" in text
+    assert "Closest to the training set: epoch 60 (copies training images)" in text
+    [row] = page_size.main(["--sizes", "32", "--samples", "60", "--real", "120"])
+    images = re.findall(r'src="data:image/png;base64,([^"]*)"', text)
+    assert row["images"] == len(images) and row["page_kb"] == round(len(text.encode()) / 1024)
+    assert f"32 px: page {row['page_kb']} KB, {row['images']} embedded PNGs" in capsys.readouterr().out
