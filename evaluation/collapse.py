@@ -27,7 +27,8 @@ The rule, in plain words:
    histories got a collapse onset (figures in ``experiments/RESULTS.md``, "Collapse onsets on
    degraded histories"). The mean of the best stretch, not its worse or better checkpoint: one
    noisy checkpoint there must not let a real collapse through, nor a lucky one turn a wobble
-   into a drop.
+   into a drop. What FID cannot separate is a loss of modes from a lasting loss of quality: a
+   run whose samples stay much worse than at its best (heavy noise or blur) still shows drops.
 
    A tolerance is the larger of three times the spread that the score shows by chance on the real
    data at this sample size and a fixed floor (coverage 0.05, diversity 0.10, duplicate share
