@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -99,8 +100,8 @@ def machine() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass  # not Linux: platform's name stays
-    onednn = next((line.split("v", 1)[1].split()[0] for line in torch.__config__.show().splitlines()
-                   if "MKL-DNN v" in line or "oneDNN v" in line), "none")
+    found = re.search(r"(?:MKL-DNN|oneDNN) v(\S+)", torch.__config__.show())
+    onednn = found.group(1) if found else "none"
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),

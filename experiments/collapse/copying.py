@@ -350,7 +350,7 @@ def judge(sets: list[tuple[str, torch.Tensor]], scorer: Scorer, ct: CTReference)
                        "ct": round(value, 3), "ct_flagged": bool(value < CT_COPYING),
                        "coverage": round(scored.scores["coverage"], 4),
                        # Every score, so a changed rule can be judged on this history again in seconds
-                       # (experiments/collapse/replay.py --degraded).
+                       # (``python -m experiments.collapse.replay`` on this script's JSON).
                        "scores": {k: float(v) for k, v in scored.scores.items()}})
     return {"points": points, "threshold": memorisation.threshold, "chance": memorisation.chance,
             "reference": memorisation.reference, "memorisation_onset": memorisation.onset_epoch,
