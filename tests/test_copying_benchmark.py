@@ -123,3 +123,13 @@ def test_degraded_histories_keep_every_score_and_replay_as_judged(tmp_path, monk
 
 def rows_of(history: dict) -> list[dict]:
     return [{"epoch": i + 1, **point["scores"]} for i, point in enumerate(history["points"])]
+
+
+def test_a_fixed_look_history_keeps_one_degradation_on_fresh_faces():
+    history = copying.degraded_history(4, 6, seed=1, max_level=2, fixed=True)
+    labels = {label for label, _ in history}
+    assert len(labels) == 1
+    kind, strength = labels.pop().split("=")
+    assert float(strength) in copying.DEGRADATIONS[kind][:2]  # a strength up to max_level
+    first, second = history[0][1], history[1][1]
+    assert first.shape == (6, 3, copying.IMAGE_SIZE, copying.IMAGE_SIZE) and not torch.equal(first, second)

@@ -192,12 +192,20 @@ def copy_ladders(training: torch.Tensor, num_samples: int) -> dict[str, list[tup
 
 
 def degraded_history(num_checkpoints: int, num_samples: int, seed: int,
-                     max_level: int = 3) -> list[tuple[str, torch.Tensor]]:
+                     max_level: int = 3, fixed: bool = False) -> list[tuple[str, torch.Tensor]]:
     """A run that neither copies nor collapses: every checkpoint fresh novel faces, degraded by a
     kind that changes every 8 checkpoints at a strength that wanders (0 = clean, 1..``max_level``
-    of :data:`DEGRADATIONS`' strengths; 1: the look of an ordinary GAN's imperfect samples)."""
+    of :data:`DEGRADATIONS`' strengths; 1: the look of an ordinary GAN's imperfect samples).
+
+    ``fixed``: instead, one look for the whole run, a kind and a strength up to ``max_level``
+    drawn once (a generator's own imperfection: always a little blurry, say)."""
     rng = np.random.default_rng(seed)
     kinds = list(DEGRADATIONS)
+    if fixed:
+        kind = kinds[int(rng.integers(len(kinds)))]
+        strength = DEGRADATIONS[kind][int(rng.integers(max_level))]
+        return [(f"{kind}={strength:g}", degrade(novel_faces(num_samples, 1000 * (seed + 1) + index), kind, strength,
+                                                  seed=index)) for index in range(num_checkpoints)]
     level, sets = int(rng.integers(0, max_level + 1)), []
     for index in range(num_checkpoints):
         kind = kinds[(index // 8 + seed) % len(kinds)]
@@ -591,6 +599,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history-levels", type=int, default=3, choices=(1, 2, 3),
                         help="the strongest degradation the histories wander to (1: only each kind's mildest, the "
                              "look of an ordinary GAN's samples; 3: all; default 3)")
+    parser.add_argument("--history-fixed", action="store_true",
+                        help="histories keep one look (a kind and a strength up to --history-levels, drawn per "
+                             "history) instead of wandering")
     parser.add_argument("--history-seeds", type=int, nargs="+", metavar="SEED",
                         help="instead: the degraded histories' seeds (held-out ones: seeds no rule was tuned on)")
     parser.add_argument("--trained-seeds", type=int, nargs="+", default=[0, 1])
@@ -657,9 +668,10 @@ def main(argv: list[str] | None = None) -> dict:
             size = sizes[0] if args.tiny else HISTORY_SAMPLES
             scorer = Scorer(extractor, real, size)
             for seed in args.history_seeds or range(args.histories):
-                level = "" if args.history_levels == 3 else f"-level{args.history_levels}"
+                level = ("-fixed" if args.history_fixed else "") + (
+                    "" if args.history_levels == 3 else f"-level{args.history_levels}")
                 result["histories"][f"{space}/degraded{level}-{seed}"] = history = judge(
-                    degraded_history(checkpoints, size, seed, args.history_levels), scorer, ct)
+                    degraded_history(checkpoints, size, seed, args.history_levels, args.history_fixed), scorer, ct)
                 rule = history["rule"]
                 log(f"history {space}/degraded{level}-{seed}: rule {_calls(history['points'], 'flagged')}, C_T "
                     f"{_calls(history['points'], 'ct_flagged')}, collapse onset {history['collapse_onset']}")
