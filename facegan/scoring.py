@@ -160,6 +160,14 @@ def _write_report(evaluation: Evaluation, page: str, folder: Path) -> None:
     evaluation.pages.append(str(write_page(page, folder / report_name(evaluation.features))))
 
 
+def _folder_report(evaluation: Evaluation, checkpoints, scorer: Scorer, title: str, report_dir: Path | None,
+                   progress: bool) -> None:
+    """The evidence page of an evaluation with no MLflow run, written under ``report_dir`` when given."""
+    if report_dir is not None:
+        _write_report(evaluation, evaluation_page(evaluation, checkpoints, scorer, title=title, progress=progress),
+                      report_dir)
+
+
 def training_report(source, evaluation: Evaluation, scorer: Scorer, *, progress: bool) -> None:
     """The evidence page of a run judged while it trained (``facegan train --evaluate``), logged to
     the run once training is done, from the checkpoints the run logged. A page that cannot be
@@ -296,9 +304,7 @@ def score_folders(samples: str, real: str, options: ScoringOptions, *, progress:
     scorer = Scorer(extractor, real_images(data), options.num_samples or DEFAULT_NUM_SAMPLES,
                     device=select_device(options.device), progress=progress)
     evaluation = evaluate(checkpoints, scorer, None, progress=progress, what=f"sample folder under {samples}")
-    if report_dir is not None:
-        _write_report(evaluation, evaluation_page(evaluation, checkpoints, scorer, title=f"samples under {samples}",
-                                                  progress=progress), report_dir)
+    _folder_report(evaluation, checkpoints, scorer, f"samples under {samples}", report_dir, progress)
     return evaluation
 
 
@@ -325,9 +331,7 @@ def score_checkpoint_files(pattern: str, real: str, options: ScoringOptions, spe
     what = f"checkpoint file matching {pattern}"
     if options.register is None:
         evaluation = evaluate(checkpoints, scorer, None, progress=progress, what=what)
-        if report_dir is not None:
-            _write_report(evaluation, evaluation_page(evaluation, checkpoints, scorer, title=f"checkpoints {pattern}",
-                                                      progress=progress), report_dir)
+        _folder_report(evaluation, checkpoints, scorer, f"checkpoints {pattern}", report_dir, progress)
         return evaluation
     from facegan.tracking import imported_run
 
